@@ -1,1 +1,199 @@
-//! placeholder
+//! riposte's connectors: the actions a playbook step can take.
+//!
+//! # Layout
+//! - [`Connector`]: the one trait every connector implements: describe its actions, run one with
+//!   typed arguments, plan it without side effects, revert it where an inverse exists.
+//! - [`ConnectorKind`]: the closed list of connector types and the one place they are built
+//!   ([`ConnectorKind::build`]); adding a connector is one module plus one variant here.
+//! - [`spec`]: action and parameter descriptions, and argument checking against them.
+//! - one module per connector, named after its key in playbooks: [`log`], [`nats`].
+//!
+//! Connectors know nothing of playbooks, the bus or the audit trail: the engine hands them
+//! checked arguments and records what they return. Clients (a NATS connection, later a Docker or
+//! Kubernetes client) are injected through [`Deps`], so tests can hand in real ones on test
+//! servers.
+
+pub mod log;
+pub mod nats;
+pub mod spec;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+pub use spec::{check_args, ActionSpec, ParamSpec, ParamType};
+
+/// Checked arguments of one action: parameter name to value.
+pub type Args = Map<String, Value>;
+
+/// What a connector reports after an action ran.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Output {
+    /// Facts about what was done, visible to later steps as `steps.<id>.output`.
+    pub output: Value,
+    /// What the connector needs to undo the action, for reversible actions.
+    pub undo: Option<Value>,
+}
+
+/// What an action would do, without doing it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// One sentence naming the real target, e.g. "publish 312 bytes to `alerts.derived`".
+    pub description: String,
+}
+
+/// Why an action failed, and whether trying again can help.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ConnectorError {
+    /// The arguments do not fit the action's parameters.
+    #[error("invalid arguments for `{action}`: {reason}")]
+    InvalidArgs {
+        /// The action.
+        action: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The connector has no such action.
+    #[error("unknown action `{0}`")]
+    UnknownAction(String),
+    /// A failure that may pass (network, timeout, a server busy or restarting).
+    #[error("{0}")]
+    Transient(String),
+    /// A failure that will not pass by trying again (refused, not found, forbidden).
+    #[error("{0}")]
+    Permanent(String),
+    /// The action has no inverse.
+    #[error("`{0}` cannot be reverted")]
+    NotReversible(String),
+}
+
+impl ConnectorError {
+    /// Whether a retry can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ConnectorError::Transient(_))
+    }
+}
+
+/// One connector instance: a type configured under a name in `riposte.yaml`.
+#[async_trait]
+pub trait Connector: Send + Sync + fmt::Debug {
+    /// The actions this connector offers (the same for every instance of a type).
+    fn actions(&self) -> &'static [ActionSpec];
+
+    /// Describes what `action` would do with `args`, without side effects.
+    fn plan(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError>;
+
+    /// Performs `action` with checked `args`.
+    async fn run(&self, action: &str, args: &Args) -> Result<Output, ConnectorError>;
+
+    /// Undoes an action that returned `undo` data. Connectors without inverses keep the default.
+    async fn revert(&self, action: &str, undo: &Value) -> Result<Output, ConnectorError> {
+        let _ = undo;
+        Err(ConnectorError::NotReversible(action.to_owned()))
+    }
+}
+
+/// Clients and handles connectors may need, injected by the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Deps {
+    /// The engine's NATS connection, for the `nats` connector.
+    pub nats: Option<async_nats::Client>,
+}
+
+/// Why a connector instance could not be built.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// The instance's settings are wrong.
+    #[error("connector `{instance}`: {reason}")]
+    Config {
+        /// The instance name.
+        instance: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The closed list of connector types. The compiler points at every place to update when a
+/// variant is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnectorKind {
+    /// Writes a line to the engine's log.
+    Log,
+    /// Publishes a derived event on NATS.
+    Nats,
+}
+
+impl ConnectorKind {
+    /// Every connector type.
+    pub const ALL: [ConnectorKind; 2] = [ConnectorKind::Log, ConnectorKind::Nats];
+
+    /// The type's name in `riposte.yaml` and, for default instances, in playbooks.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectorKind::Log => "log",
+            ConnectorKind::Nats => "nats",
+        }
+    }
+
+    /// Parses a type name.
+    pub fn parse(name: &str) -> Option<ConnectorKind> {
+        ConnectorKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The actions of this type, known without building an instance (for `check`).
+    pub fn actions(self) -> &'static [ActionSpec] {
+        match self {
+            ConnectorKind::Log => log::ACTIONS,
+            ConnectorKind::Nats => nats::ACTIONS,
+        }
+    }
+
+    /// Whether an instance of this type exists without configuration, under the type's name.
+    pub fn has_default_instance(self) -> bool {
+        match self {
+            ConnectorKind::Log | ConnectorKind::Nats => true,
+        }
+    }
+
+    /// Builds an instance from its settings (the instance's map in `riposte.yaml`, without
+    /// `type`).
+    pub fn build(
+        self,
+        instance: &str,
+        settings: &Map<String, Value>,
+        deps: &Deps,
+    ) -> Result<Arc<dyn Connector>, BuildError> {
+        match self {
+            ConnectorKind::Log => Ok(Arc::new(log::LogConnector::new(instance, settings)?)),
+            ConnectorKind::Nats => Ok(Arc::new(nats::NatsConnector::new(
+                instance, settings, deps,
+            )?)),
+        }
+    }
+}
+
+impl fmt::Display for ConnectorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Rejects settings keys a connector does not know, naming the instance.
+pub(crate) fn reject_unknown_settings(
+    instance: &str,
+    settings: &Map<String, Value>,
+    known: &[&str],
+) -> Result<(), BuildError> {
+    for key in settings.keys() {
+        if !known.contains(&key.as_str()) {
+            return Err(BuildError::Config {
+                instance: instance.to_owned(),
+                reason: format!("unknown setting `{key}` (known: {})", known.join(", ")),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,641 @@
+//! The engine config, `riposte.yaml`: where NATS is, which subjects carry which formats, the
+//! connector instances with their credentials files, guards and limits.
+//!
+//! Plain serde data, strict (`deny_unknown_fields`), loaded once at start. Secrets are never
+//! written here: only the paths of files that hold them (`*_file` keys), read by [`Secret`]
+//! whose Debug and Display print `***`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::duration::HumanDuration;
+use crate::event::Source;
+
+/// An error loading the config.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid config.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A secret file could not be read.
+    #[error("cannot read secret file `{path}`: {reason}")]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The whole engine config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach NATS. Without a URL, `riposte run` starts its own nats-server.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// Which NATS subjects carry which producer format. Defaults: `falco.>` (Falcosidekick's
+    /// `falco.<priority>.<rule>`) as `falco`, and `riposte.in.<format>` for every format.
+    #[serde(default = "default_bindings")]
+    pub bindings: Vec<Binding>,
+    /// Connector instances by name. `log` and `nats` exist without being listed.
+    #[serde(default)]
+    pub connectors: BTreeMap<String, ConnectorInstance>,
+    /// What is never acted on, whatever a playbook says.
+    #[serde(default)]
+    pub protect: Protect,
+    /// Limits that apply across every playbook.
+    #[serde(default)]
+    pub limits: GlobalLimits,
+    /// Engine settings.
+    #[serde(default)]
+    pub engine: EngineSettings,
+    /// Metrics and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222`. Absent: embedded server.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A NATS credentials file (JWT + NKey seed).
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// A file holding a token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// User name, with `password_file`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A file holding the password of `user`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// TLS to the server.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The nats-server program for the embedded server (default: `nats-server` on PATH).
+    #[serde(default)]
+    pub server_binary: Option<PathBuf>,
+}
+
+/// TLS settings, all from files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA bundle to verify the server.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (mutual TLS), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Binds a subject pattern to a producer format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// A NATS subject, wildcards allowed (`falco.>`).
+    pub subject: String,
+    /// The format of payloads on it.
+    pub format: Source,
+}
+
+/// The default bindings.
+pub fn default_bindings() -> Vec<Binding> {
+    let mut b = vec![Binding {
+        subject: "falco.>".to_owned(),
+        format: Source::Falco,
+    }];
+    b.extend(Source::ALL.iter().map(|s| Binding {
+        subject: format!("riposte.in.{s}"),
+        format: *s,
+    }));
+    b
+}
+
+/// One connector instance: `type` plus the type's own settings beside it, flat (secrets as
+/// `*_file` paths), e.g. `{ type: nats, subject_prefix: "derived." }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectorInstance {
+    /// The connector type, e.g. `log`, `nats`.
+    pub kind: String,
+    /// The type's settings: every key but `type`.
+    pub settings: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for ConnectorInstance {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut settings = Map::<String, Value>::deserialize(d)?;
+        match settings.remove("type") {
+            Some(Value::String(kind)) => Ok(ConnectorInstance { kind, settings }),
+            Some(_) => Err(serde::de::Error::custom("`type` must be a string")),
+            None => Err(serde::de::Error::missing_field("type")),
+        }
+    }
+}
+
+impl Serialize for ConnectorInstance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = self.settings.clone();
+        map.insert("type".to_owned(), Value::String(self.kind.clone()));
+        map.serialize(s)
+    }
+}
+
+impl JsonSchema for ConnectorInstance {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ConnectorInstance".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let kinds: Vec<&str> = riposte_connectors::ConnectorKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        schemars::json_schema!({
+            "type": "object",
+            "description": "A connector instance: `type` and the type's settings beside it.",
+            "required": ["type"],
+            "properties": { "type": { "type": "string", "enum": kinds } },
+            "additionalProperties": true
+        })
+    }
+}
+
+/// Guards: what is never acted on by a destructive action.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Protect {
+    /// Kubernetes namespaces.
+    #[serde(default = "default_protected_namespaces")]
+    pub namespaces: Vec<String>,
+    /// Container names (globs), e.g. the engine's own.
+    #[serde(default = "default_protected_containers")]
+    pub containers: Vec<String>,
+    /// Pod or container labels that mark a workload as protected.
+    #[serde(default = "default_protected_labels")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for Protect {
+    fn default() -> Self {
+        Protect {
+            namespaces: default_protected_namespaces(),
+            containers: default_protected_containers(),
+            labels: default_protected_labels(),
+        }
+    }
+}
+
+fn default_protected_namespaces() -> Vec<String> {
+    vec!["kube-system".to_owned()]
+}
+
+fn default_protected_containers() -> Vec<String> {
+    vec!["riposte*".to_owned(), "nats*".to_owned()]
+}
+
+fn default_protected_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("riposte.io/protected".to_owned(), "true".to_owned())])
+}
+
+/// Limits across all playbooks.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalLimits {
+    /// Destructive actions allowed per window, across all playbooks and replicas.
+    #[serde(default = "default_max_destructive")]
+    pub max_destructive_actions: u32,
+    /// The window.
+    #[serde(default = "default_limit_window")]
+    pub per: HumanDuration,
+}
+
+impl Default for GlobalLimits {
+    fn default() -> Self {
+        GlobalLimits {
+            max_destructive_actions: default_max_destructive(),
+            per: default_limit_window(),
+        }
+    }
+}
+
+fn default_max_destructive() -> u32 {
+    50
+}
+
+fn default_limit_window() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    /// The playbook directory (the command line's `--playbooks` wins).
+    #[serde(default)]
+    pub playbooks: Option<PathBuf>,
+    /// Where the embedded nats-server keeps its data.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest payload accepted; larger ones are dead-lettered.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Events processed at once by one replica.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Time limit of a step that gives no `timeout`.
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout: HumanDuration,
+    /// How long shutdown waits for runs in flight before abandoning them (they are redelivered).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: HumanDuration,
+    /// Name of this replica in audit records (default: the host name and process id).
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// Names of the streams, consumer and buckets (change only to run several engines on one
+    /// NATS).
+    #[serde(default)]
+    pub names: Names,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            playbooks: None,
+            data_dir: default_data_dir(),
+            max_payload_bytes: default_max_payload(),
+            concurrency: default_concurrency(),
+            step_timeout: default_step_timeout(),
+            shutdown_grace: default_grace(),
+            replica: None,
+            names: Names::default(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".riposte")
+}
+
+fn default_max_payload() -> usize {
+    1024 * 1024
+}
+
+fn default_concurrency() -> usize {
+    256
+}
+
+fn default_step_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+
+fn default_grace() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(20))
+}
+
+/// Stream, consumer, subject and bucket names.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Names {
+    /// The events stream.
+    #[serde(default = "n_events")]
+    pub events_stream: String,
+    /// The durable consumer all replicas share.
+    #[serde(default = "n_consumer")]
+    pub consumer: String,
+    /// The audit stream.
+    #[serde(default = "n_audit")]
+    pub audit_stream: String,
+    /// Audit subjects are `<prefix>.<record kind>`.
+    #[serde(default = "n_audit_subject")]
+    pub audit_subject: String,
+    /// The dead-letter stream.
+    #[serde(default = "n_dead")]
+    pub deadletter_stream: String,
+    /// Dead-lettered payloads are published on `<prefix>.<format>`.
+    #[serde(default = "n_dead_subject")]
+    pub deadletter_subject: String,
+    /// Prefix of the KV buckets (`<prefix>-dedup`, `<prefix>-limits`, `<prefix>-runs`).
+    #[serde(default = "n_kv")]
+    pub kv_prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names {
+            events_stream: n_events(),
+            consumer: n_consumer(),
+            audit_stream: n_audit(),
+            audit_subject: n_audit_subject(),
+            deadletter_stream: n_dead(),
+            deadletter_subject: n_dead_subject(),
+            kv_prefix: n_kv(),
+        }
+    }
+}
+
+fn n_events() -> String {
+    "RIPOSTE_EVENTS".to_owned()
+}
+fn n_consumer() -> String {
+    "riposte".to_owned()
+}
+fn n_audit() -> String {
+    "RIPOSTE_AUDIT".to_owned()
+}
+fn n_audit_subject() -> String {
+    "riposte.audit".to_owned()
+}
+fn n_dead() -> String {
+    "RIPOSTE_DEADLETTER".to_owned()
+}
+fn n_dead_subject() -> String {
+    "riposte.deadletter".to_owned()
+}
+fn n_kv() -> String {
+    "riposte".to_owned()
+}
+
+/// Metrics and health endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for `/metrics`, `/healthz` and `/readyz`; loopback by default.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+impl Config {
+    /// Loads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |line: usize, column: usize, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+        };
+        let config: Config = if text.trim().is_empty() {
+            Config::default_with_bindings()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+                invalid(line, column, e.to_string())
+            })?
+        };
+        config
+            .validate()
+            .map_err(|message| invalid(1, 1, message))?;
+        Ok(config)
+    }
+
+    /// The config used when no file is given.
+    pub fn default_with_bindings() -> Config {
+        Config {
+            bindings: default_bindings(),
+            ..Config::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for b in &self.bindings {
+            if let Err(e) = check_subject_pattern(&b.subject) {
+                problems.push(format!("bindings: {e}"));
+            }
+            for reserved in [
+                &self.engine.names.audit_subject,
+                &self.engine.names.deadletter_subject,
+            ] {
+                if b.subject == "riposte.>" || b.subject.starts_with(reserved.as_str()) {
+                    problems.push(format!(
+                        "bindings: subject `{}` overlaps riposte's own `{reserved}.>`",
+                        b.subject
+                    ));
+                }
+            }
+        }
+        for (name, inst) in &self.connectors {
+            if !valid_instance_name(name) {
+                problems.push(format!(
+                    "connectors: instance name `{name}` must be lower-case letters, digits and `-`"
+                ));
+            }
+            if riposte_connectors::ConnectorKind::parse(&inst.kind).is_none() {
+                let known: Vec<&str> = riposte_connectors::ConnectorKind::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect();
+                problems.push(format!(
+                    "connectors.{name}: unknown type `{}` (known: {})",
+                    inst.kind,
+                    known.join(", ")
+                ));
+            }
+        }
+        if self.engine.concurrency == 0 {
+            problems.push("engine.concurrency must be at least 1".to_owned());
+        }
+        if self.engine.max_payload_bytes == 0 {
+            problems.push("engine.max_payload_bytes must be at least 1".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// The format bound to a subject, first binding first.
+    pub fn format_for(&self, subject: &str) -> Option<Source> {
+        self.bindings
+            .iter()
+            .find(|b| subject_matches(&b.subject, subject))
+            .map(|b| b.format)
+    }
+}
+
+/// Whether a connector instance name is acceptable (`[a-z0-9-]`, starting with a letter).
+pub fn valid_instance_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn check_subject_pattern(subject: &str) -> Result<(), String> {
+    if subject.is_empty() || subject.chars().any(char::is_whitespace) {
+        return Err(format!("subject `{subject}` is empty or has white space"));
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.is_empty() {
+            return Err(format!("subject `{subject}` has an empty token"));
+        }
+        if *t == ">" && i + 1 != tokens.len() {
+            return Err(format!("subject `{subject}`: `>` must be the last token"));
+        }
+    }
+    Ok(())
+}
+
+/// NATS subject matching: `*` one token, `>` one or more trailing tokens.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// A secret read from a file: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Reads a secret file, trimming the trailing newline.
+    pub fn from_file(path: &Path) -> Result<Secret, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Secret {
+            path: path.to_owned(),
+            reason: e.kind().to_string(),
+        })?;
+        let value = text.trim_end_matches(['\n', '\r']).to_owned();
+        if value.is_empty() {
+            return Err(ConfigError::Secret {
+                path: path.to_owned(),
+                reason: "the file is empty".to_owned(),
+            });
+        }
+        Ok(Secret(value))
+    }
+
+    /// The secret itself, for handing to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_default_binds_falcosidekick_subjects_to_falco() {
+        let c = Config::parse("", Path::new("riposte.yaml")).unwrap();
+        assert_eq!(
+            c.format_for("falco.critical.terminal_shell_in_container"),
+            Some(Source::Falco)
+        );
+        assert_eq!(c.format_for("riposte.in.k8s-audit"), Some(Source::K8sAudit));
+        assert_eq!(c.format_for("other.subject"), None);
+        assert_eq!(c.engine.max_payload_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_position() {
+        let err = Config::parse("nats:\n  urll: x\n", Path::new("r.yaml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("r.yaml:2:"), "{msg}");
+        assert!(msg.contains("unknown field `urll`"), "{msg}");
+    }
+
+    #[test]
+    fn bindings_may_not_capture_riposte_subjects() {
+        let err = Config::parse(
+            "bindings:\n  - { subject: 'riposte.audit.>', format: generic }\n",
+            Path::new("r.yaml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("overlaps"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let s = Secret::from_file(&path).unwrap();
+        assert_eq!(s.expose(), "s3cret");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+    }
+
+    #[test]
+    fn subjects_match_like_nats() {
+        assert!(subject_matches("falco.>", "falco.a.b"));
+        assert!(!subject_matches("falco.>", "falco"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*.c", "a.b.d"));
+        assert!(subject_matches("a.b", "a.b"));
+    }
+}

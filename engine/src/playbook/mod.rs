@@ -1,0 +1,157 @@
+//! Playbooks: loading riposte/v1 files and compiling them into runtime [`Playbook`]s.
+//!
+//! Owns the file format ([`spec`]), where its nodes are ([`positions`]), `${{ }}` templates
+//! ([`template`]) and the native part of conditions ([`condition`]). Loading checks everything
+//! once (schema, unknown keys, connectors and actions, parameters, Rhai syntax, durations) and
+//! collects every problem as `file:line:column: message`; a loaded playbook holds compiled ASTs
+//! and resolved actions, so nothing is parsed again on the event path.
+
+pub mod condition;
+pub mod positions;
+pub mod spec;
+pub mod template;
+
+mod compile;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rhai::AST;
+
+pub use compile::{load_dir, load_file, Catalog};
+pub use spec::{Mode, OnError, TestSpec};
+
+use crate::event::{Event, Kind, Source};
+use condition::NativeClauses;
+use template::{Template, ValueTemplate};
+
+/// A problem found in a playbook file, with its position.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// A compiled match condition.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// The text as written.
+    pub text: String,
+    /// Clauses checked natively first.
+    pub native: NativeClauses,
+    /// The whole condition in Rhai; `None` when the native clauses are the whole condition.
+    pub ast: Option<AST>,
+}
+
+/// Which action a step runs.
+#[derive(Debug, Clone)]
+pub struct ActionRef {
+    /// The connector instance (`docker`, `pagerduty-payments`).
+    pub instance: String,
+    /// The action (`quarantine`).
+    pub action: String,
+    /// Its description.
+    pub spec: &'static riposte_connectors::ActionSpec,
+}
+
+impl fmt::Display for ActionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.instance, self.action)
+    }
+}
+
+/// A compiled step or notification.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Step id (`notify-1`, `notify-2`... for notifications).
+    pub id: String,
+    /// The action.
+    pub action: ActionRef,
+    /// Arguments, rendered per run. `None` for a notification that takes the default message.
+    pub with: Option<ValueTemplate>,
+    /// Skip unless true.
+    pub when: Option<AST>,
+    /// What a failure does to the run.
+    pub on_error: OnError,
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Wait before the second attempt, doubled after.
+    pub backoff: Duration,
+    /// Time limit of each attempt (`None`: the engine's default).
+    pub timeout: Option<Duration>,
+}
+
+/// A loaded playbook.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    /// Unique name.
+    pub name: String,
+    /// What it does.
+    pub description: Option<String>,
+    /// Owning team.
+    pub owner: Option<String>,
+    /// Free labels.
+    pub labels: BTreeMap<String, String>,
+    /// Runbook link.
+    pub runbook: Option<String>,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// enforce or dry-run.
+    pub mode: Mode,
+    /// Sources it listens to (empty: all).
+    pub sources: Vec<Source>,
+    /// Kinds it listens to (empty: all but internal).
+    pub kinds: Vec<Kind>,
+    /// The condition, if any.
+    pub condition: Option<Condition>,
+    /// Vars, in order.
+    pub vars: Vec<(String, ValueTemplate)>,
+    /// Dedup key and window.
+    pub dedup: Option<(Template, Duration)>,
+    /// Run limit and window.
+    pub limits: Option<(u32, Duration)>,
+    /// Steps.
+    pub steps: Vec<Step>,
+    /// Notifications.
+    pub notify: Vec<Step>,
+    /// Test cases.
+    pub tests: Vec<TestSpec>,
+}
+
+impl Playbook {
+    /// Whether the playbook listens to this event's source and kind (before its condition).
+    pub fn listens_to(&self, e: &Event) -> bool {
+        (self.sources.is_empty() || self.sources.contains(&e.source))
+            && if self.kinds.is_empty() {
+                e.kind != Kind::Internal
+            } else {
+                self.kinds.contains(&e.kind)
+            }
+    }
+
+    /// The directory test fixtures are relative to.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+}

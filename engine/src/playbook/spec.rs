@@ -1,0 +1,230 @@
+//! The playbook file as written (riposte/v1): plain serde data, strict about unknown keys.
+//!
+//! These types are what the JSON Schema in `schemas/playbook.schema.json` is generated from;
+//! [`super::compile`] turns them into runtime [`super::Playbook`]s.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::duration::HumanDuration;
+use crate::event::{Kind, Source};
+
+/// A playbook file.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "riposte playbook (riposte/v1)")]
+pub struct PlaybookFile {
+    /// Always `riposte/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Always `Playbook`.
+    pub kind: String,
+    /// Name and ownership.
+    pub metadata: Metadata,
+    /// What to match and what to do.
+    pub spec: Spec,
+}
+
+/// Name and ownership of a playbook.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Unique name, `[a-z0-9-]`.
+    pub name: String,
+    /// One sentence: what it does.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The team that owns it.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Free labels (e.g. `mitre: T1059`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// A runbook URL, linked from notifications.
+    #[serde(default)]
+    pub runbook: Option<String>,
+}
+
+/// `enforce` acts; `dry-run` plans, audits and notifies what it would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Run the actions.
+    #[default]
+    Enforce,
+    /// Plan only.
+    DryRun,
+}
+
+/// The body of a playbook.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// enforce (default) or dry-run.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Which events the playbook runs for.
+    #[serde(rename = "match")]
+    pub matching: MatchSpec,
+    /// Named values computed once per run, in order: Rhai expressions (strings) or literals.
+    #[serde(default)]
+    pub vars: Map<String, Value>,
+    /// At most one run per key per window.
+    #[serde(default)]
+    pub dedup: Option<DedupSpec>,
+    /// At most this many runs of this playbook per window.
+    #[serde(default)]
+    pub limits: Option<LimitsSpec>,
+    /// The actions, in order.
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    /// Notifications, sent after the steps (also when a step failed).
+    #[serde(default)]
+    pub notify: Vec<NotifySpec>,
+    /// Cases run by `riposte test`.
+    #[serde(default)]
+    pub tests: Vec<TestSpec>,
+}
+
+/// Which events a playbook runs for.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Normalized sources; empty means every source.
+    #[serde(default)]
+    pub sources: Vec<Source>,
+    /// Event kinds; empty means every kind but `internal`.
+    #[serde(default)]
+    pub kinds: Vec<Kind>,
+    /// A Rhai expression over `event` that must return a bool.
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+/// Dedup settings.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DedupSpec {
+    /// A template naming what counts as "the same" (e.g. the container id).
+    pub key: String,
+    /// How long a run suppresses others with the same key.
+    pub window: HumanDuration,
+}
+
+/// Per-playbook rate limit.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Runs allowed per window.
+    pub max_runs: u32,
+    /// The window.
+    pub per: HumanDuration,
+}
+
+/// What to do when a step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Stop the run (notifications still go out).
+    #[default]
+    Abort,
+    /// Go on with the next step.
+    Continue,
+}
+
+/// Retry settings of a step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, including the first (1-10).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled before each further one.
+    #[serde(default)]
+    pub backoff: Option<HumanDuration>,
+}
+
+/// One step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Unique within the playbook, `[a-z][a-z0-9_]*` (usable as `steps.<id>` in Rhai).
+    pub id: String,
+    /// `<connector instance>.<action>`, e.g. `log.info`.
+    pub action: String,
+    /// The action's arguments; strings may hold `${{ }}`.
+    #[serde(default)]
+    pub with: Map<String, Value>,
+    /// A Rhai condition; the step is skipped when false.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// abort (default) or continue.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Retries of transient failures.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Time limit of each attempt (default: the engine's `step_timeout`).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// One notification.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySpec {
+    /// `<connector instance>.<action>`.
+    pub action: String,
+    /// A Rhai condition; skipped when false.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Arguments; without them, the action's message parameter gets the default enriched
+    /// message.
+    #[serde(default)]
+    pub with: Option<Map<String, Value>>,
+    /// Retries of transient failures.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Time limit of each attempt.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// One test case of a playbook.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestSpec {
+    /// What it shows.
+    pub name: String,
+    /// A raw producer payload, relative to the playbook file.
+    #[serde(default)]
+    pub event_file: Option<PathBuf>,
+    /// An inline raw payload.
+    #[serde(default)]
+    pub event: Option<Value>,
+    /// The payload's format.
+    pub format: Source,
+    /// What must happen.
+    pub expect: ExpectSpec,
+}
+
+/// What a test case expects.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectSpec {
+    /// Whether the playbook matches (at least one event of the payload).
+    #[serde(rename = "match")]
+    pub matched: bool,
+    /// The actions planned, steps then notifications, in order (skipped ones left out).
+    #[serde(default)]
+    pub actions: Option<Vec<String>>,
+    /// The run's outcome (`ok`, `failed`, `planned`).
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// Arguments some steps must get: step id to a map of expected values.
+    #[serde(default)]
+    pub args: BTreeMap<String, Map<String, Value>>,
+}
