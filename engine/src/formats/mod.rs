@@ -4,6 +4,26 @@
 //! to. Normalizers are pure functions of the payload bytes and the time it was received: they
 //! never panic, never do I/O, and reject what they cannot read with a [`FormatError`] that says
 //! why (the bus dead-letters it with that reason).
+//!
+//! Common to every format (see `util.rs`): a UTF-8 byte order mark is stripped; an empty payload
+//! is [`FormatError::Empty`], invalid UTF-8 [`FormatError::NotText`], broken JSON
+//! [`FormatError::Malformed`] with serde's line and column. A payload may hold several JSON
+//! objects (JSON Lines, with plain-text log lines skipped, or a concatenated stream). Ids are the
+//! producer's when it has one, else `sha256:<hex>` of the object's bytes, with `#<index>` when
+//! one object gives several events. Times keep the producer's RFC 3339 text; a missing or
+//! invalid time becomes the received time, flagged with the label `riposte.time` = `received`.
+//! Each format's file documents how it maps titles, kinds, severities and resources.
+
+mod alertmanager;
+mod cloudevents;
+mod falco;
+mod generic;
+mod grype;
+mod harbor;
+mod k8s_audit;
+mod tetragon;
+mod trivy;
+mod util;
 
 use chrono::{DateTime, Utc};
 use thiserror::Error;
@@ -50,6 +70,15 @@ pub fn normalize(
     payload: &[u8],
     received: DateTime<Utc>,
 ) -> Result<Vec<Event>, FormatError> {
-    let _ = (format, payload, received);
-    Err(FormatError::Empty)
+    match format {
+        Source::Falco => falco::normalize(payload, received),
+        Source::Tetragon => tetragon::normalize(payload, received),
+        Source::Trivy => trivy::normalize(payload, received),
+        Source::Grype => grype::normalize(payload, received),
+        Source::K8sAudit => k8s_audit::normalize(payload, received),
+        Source::Alertmanager => alertmanager::normalize(payload, received),
+        Source::Harbor => harbor::normalize(payload, received),
+        Source::Cloudevents => cloudevents::normalize(payload, received),
+        Source::Generic => generic::normalize(payload, received),
+    }
 }

@@ -80,6 +80,21 @@ impl Field {
     }
 }
 
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Field::Id => f.write_str("event.id"),
+            Field::Source => f.write_str("event.source"),
+            Field::Kind => f.write_str("event.kind"),
+            Field::Severity => f.write_str("event.severity"),
+            Field::Title => f.write_str("event.title"),
+            Field::Summary => f.write_str("event.summary"),
+            Field::Label(k) => write!(f, "event.labels.{k}"),
+            Field::Resource(p, x) => write!(f, "event.resource.{p}.{x}"),
+        }
+    }
+}
+
 const RESOURCE_FIELDS: &[(&str, &str)] = &[
     ("container", "id"),
     ("container", "name"),

@@ -1,0 +1,146 @@
+//! Reading the audit trail back (`riposte audit`): filter by time, playbook and run; print
+//! text for people or one JSON record per line for tools.
+//!
+//! Reads through an ephemeral consumer that acknowledges nothing and leaves the stream as it
+//! was.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::AuditRecord;
+
+/// What to read.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// `10m` or an RFC 3339 time.
+    pub since: Option<String>,
+    /// Only this playbook.
+    pub playbook: Option<String>,
+    /// Only this run.
+    pub run: Option<String>,
+    /// JSON lines.
+    pub json: bool,
+    /// Keep waiting.
+    pub follow: bool,
+    /// NATS URL.
+    pub nats: Option<String>,
+    /// Config path.
+    pub config: Option<PathBuf>,
+}
+
+impl Query {
+    /// Whether a record passes the playbook and run filters.
+    pub fn keeps(&self, r: &AuditRecord) -> bool {
+        self.playbook
+            .as_ref()
+            .is_none_or(|p| r.playbook.as_ref() == Some(p))
+            && self.run.as_ref().is_none_or(|id| r.run_id.as_ref() == Some(id))
+    }
+}
+
+/// Prints the records a query selects. Returns the exit code.
+pub async fn read(q: Query, shutdown: CancellationToken) -> Result<i32> {
+    let config = crate::cli::load_config(q.config.as_deref())?;
+    let url = crate::cli::client_url(q.nats.clone(), &config);
+    let client = crate::bus::connect(&config.nats, &url, "riposte audit").await?;
+    let js = crate::bus::jetstream(client);
+    let name = &config.engine.names.audit_stream;
+    let stream = js
+        .get_stream(name)
+        .await
+        .with_context(|| format!("no audit stream `{name}` on {url} (has the engine run there?)"))?;
+    let deliver_policy = match &q.since {
+        None => DeliverPolicy::All,
+        Some(s) => {
+            let since = crate::cli::parse_since(s, chrono::Utc::now())?;
+            let nanos = i128::from(since.timestamp_nanos_opt().unwrap_or(0));
+            DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                    .context("--since is out of range")?,
+            }
+        }
+    };
+    let reader = stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .context("cannot create a reader on the audit stream")?;
+    let mut out = std::io::stdout().lock();
+    let mut shown = 0usize;
+    loop {
+        let mut batch = reader
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .context("cannot read the audit stream")?;
+        let mut got = 0usize;
+        let mut pending = 0u64;
+        while let Some(msg) = batch.next().await {
+            let Ok(msg) = msg else { break };
+            got += 1;
+            pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            let Ok(record) = serde_json::from_slice::<AuditRecord>(&msg.payload) else {
+                continue;
+            };
+            if !q.keeps(&record) {
+                continue;
+            }
+            shown += 1;
+            if q.json {
+                writeln!(out, "{}", serde_json::to_string(&record)?)?;
+            } else {
+                writeln!(out, "{}", line(&record))?;
+            }
+        }
+        out.flush()?;
+        if (got == 0 || pending == 0) && !q.follow {
+            break;
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    if !q.json {
+        eprintln!("{shown} record(s)");
+    }
+    Ok(0)
+}
+
+/// One record as a line of text.
+pub fn line(r: &AuditRecord) -> String {
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".to_owned());
+    let mut s = format!(
+        "{} {:<15} {:<10} {:<24} {:<28} {:<12} {:<20}",
+        r.time,
+        r.record.as_str(),
+        r.outcome,
+        dash(&r.run_id),
+        dash(&r.playbook),
+        dash(&r.step),
+        dash(&r.action),
+    );
+    if let Some(e) = &r.event {
+        s.push_str(&format!(
+            " [{} {} {:?}]",
+            e.subject,
+            e.severity.as_deref().unwrap_or("-"),
+            e.title.as_deref().unwrap_or("-")
+        ));
+    }
+    if let Some(reason) = &r.reason {
+        s.push_str(&format!(" {reason}"));
+    }
+    s
+}

@@ -1,0 +1,362 @@
+//! `riposte bench`: throughput and latency of the engine against a real nats-server, with the
+//! raw JetStream consumer rate measured in the same run for comparison.
+//!
+//! Generates N playbooks (half with native-only conditions, half that need Rhai), publishes
+//! Falco alerts that each match one playbook whose step is `log.info`, and measures: the rate
+//! at which a plain pull consumer drains a stream of the same payloads; the engine's
+//! sustained rate draining the same number of events (normalize, match, run, audit, ack);
+//! their ratio; and publish-to-audit latency at a fixed offered rate. A benchmark, not a test:
+//! it reports figures and asserts nothing.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use async_nats::jetstream::{self, consumer, stream};
+use clap::Args;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditRecord;
+use crate::config::Config;
+use crate::embedded::EmbeddedNats;
+use crate::engine;
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Events for the throughput runs.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Playbooks loaded.
+    #[arg(long, default_value_t = 100)]
+    pub playbooks: usize,
+    /// Offered rate of the latency run, events per second.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Length of the latency run, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Use this NATS server instead of starting one (it must be empty of riposte streams).
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn falco_payload(i: usize, rule: usize) -> Vec<u8> {
+    serde_json::json!({
+        "uuid": format!("bench-{i}"),
+        "hostname": "bench-node",
+        "output": format!("13:44:05.478445995: Warning Bench rule {rule} fired (container=web-{rule} image=registry.local/web:1.{rule})"),
+        "priority": "Warning",
+        "rule": format!("Bench rule {rule}"),
+        "source": "syscall",
+        "tags": ["container", "bench"],
+        "time": "2026-11-23T13:44:05.478445995Z",
+        "output_fields": {
+            "container.id": format!("{:012x}", 0xabc000 + rule),
+            "container.name": format!("web-{rule}"),
+            "container.image.repository": "registry.local/web",
+            "container.image.tag": format!("1.{rule}"),
+            "evt.time": 1_763_905_445_478_445_995_i64,
+            "k8s.ns.name": "shop",
+            "k8s.pod.name": format!("web-{rule}-7f9c"),
+            "proc.cmdline": "sh -c id",
+            "proc.name": "sh",
+            "user.name": "root"
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn write_playbooks(dir: &std::path::Path, n: usize) -> Result<()> {
+    for k in 0..n {
+        let when = if k % 2 == 0 {
+            format!("event.title == \"Bench rule {k}\" && at_least(event.severity, \"medium\")")
+        } else {
+            format!("event.title == \"Bench rule {k}\" && glob(\"web-*\", event.resource.container.name)")
+        };
+        let text = format!(
+            "apiVersion: riposte/v1\nkind: Playbook\nmetadata:\n  name: bench-{k}\nspec:\n  match:\n    sources: [falco]\n    when: '{when}'\n  steps:\n    - id: note\n      action: log.info\n      with:\n        message: \"bench ${{{{ event.title }}}} in ${{{{ event.resource.container.name }}}}\"\n"
+        );
+        std::fs::write(dir.join(format!("bench-{k}.yaml")), text)?;
+    }
+    Ok(())
+}
+
+async fn publish_all(js: &jetstream::Context, bodies: Vec<(String, Vec<u8>)>) -> Result<()> {
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for (subject, body) in bodies {
+        acks.push(js.publish(subject, body.into()).await?.into_future());
+        if acks.len() >= 4096 {
+            if let Some(r) = acks.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(a: BenchArgs) -> Result<i32> {
+    if a.playbooks == 0 || a.events == 0 {
+        bail!("--playbooks and --events must be at least 1");
+    }
+    let work = tempfile_dir()?;
+    let mut server = None;
+    let url = match &a.nats {
+        Some(u) => u.clone(),
+        None => {
+            let s = EmbeddedNats::start(&work.join("nats"), None).await?;
+            let u = s.url.clone();
+            server = Some(s);
+            u
+        }
+    };
+    let result = measure(&a, &work, &url).await;
+    if let Some(s) = server {
+        s.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let figures = result?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        print_table(&a, &figures);
+    }
+    Ok(0)
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("riposte-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The figures of one run.
+#[derive(Debug, serde::Serialize)]
+pub struct Figures {
+    /// Plain pull consumer with ack, events per second.
+    pub raw_consumer_per_sec: f64,
+    /// The engine, events per second.
+    pub engine_per_sec: f64,
+    /// engine / raw.
+    pub ratio: f64,
+    /// Offered rate of the latency run.
+    pub offered_per_sec: u64,
+    /// Events measured in the latency run.
+    pub latency_samples: usize,
+    /// Publish-to-audit latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+    /// Resident memory of this process (engine included) after the runs, MiB.
+    pub rss_mib: f64,
+}
+
+async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Figures> {
+    let client = async_nats::connect(url).await.context("connect")?;
+    let js = crate::bus::jetstream(client.clone());
+    let rules = a.playbooks;
+    let bodies = |prefix: &str, n: usize, offset: usize| -> Vec<(String, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let rule = i % rules;
+                (format!("{prefix}.bench_rule_{rule}"), falco_payload(offset + i, rule))
+            })
+            .collect()
+    };
+
+    // 1. The raw rate: a plain durable pull consumer acking each message.
+    js.create_or_update_stream(stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["benchraw.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    publish_all(&js, bodies("benchraw.warning", a.events, 0)).await?;
+    let raw = js
+        .get_stream("BENCH_RAW")
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 4096,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut msgs = raw.stream().max_messages_per_batch(1000).messages().await?;
+    let mut n = 0usize;
+    while n < a.events {
+        match msgs.next().await {
+            Some(Ok(m)) => {
+                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                n += 1;
+            }
+            Some(Err(e)) => bail!("raw consumer: {e}"),
+            None => break,
+        }
+    }
+    let raw_rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(msgs);
+    js.delete_stream("BENCH_RAW").await?;
+
+    // 2. The engine draining the same number of events.
+    let pb_dir = work.join("playbooks");
+    std::fs::create_dir_all(&pb_dir)?;
+    write_playbooks(&pb_dir, a.playbooks)?;
+    let mut config = Config::default_with_bindings();
+    config.metrics.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.engine.replica = Some("bench".into());
+    crate::bus::ensure_streams(&js, &config).await?;
+    publish_all(&js, bodies("falco.warning", a.events, 0)).await?;
+    let first = js.get_stream(&config.engine.names.events_stream).await?.info().await?.state.last_sequence;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let engine_task = tokio::spawn(engine::run(
+        engine::Options {
+            config: config.clone(),
+            nats_url: Some(url.to_owned()),
+            playbooks: pb_dir.clone(),
+        },
+        shutdown.clone(),
+    ));
+    wait_acked(&js, &config, first, Duration::from_secs(600)).await?;
+    let engine_rate = a.events as f64 / started.elapsed().as_secs_f64();
+
+    // 3. Latency at a fixed offered rate: publish time to the run's audit record.
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut sub = client
+        .subscribe(format!("{}.run", config.engine.names.audit_subject))
+        .await?;
+    let total = usize::try_from(a.rate.saturating_mul(a.seconds)).unwrap_or(usize::MAX);
+    let seen = sent.clone();
+    let collector = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(total);
+        let deadline = tokio::time::sleep(Duration::from_secs(120));
+        tokio::pin!(deadline);
+        while lat.len() < total {
+            tokio::select! {
+                _ = &mut deadline => break,
+                m = sub.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(r) = serde_json::from_slice::<AuditRecord>(&m.payload) else { continue };
+                    let Some(id) = r.event_id else { continue };
+                    let t = seen.lock().ok().and_then(|mut s| s.remove(&id));
+                    if let Some(t) = t {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+        }
+        lat
+    });
+    let interval = Duration::from_nanos(1_000_000_000 / a.rate.max(1));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let offset = a.events;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..total {
+        tick.tick().await;
+        let rule = i % rules;
+        if let Ok(mut s) = sent.lock() {
+            s.insert(format!("bench-{}", offset + i), Instant::now());
+        }
+        pending.push(
+            js.publish(format!("falco.warning.bench_rule_{rule}"), falco_payload(offset + i, rule).into())
+                .await?
+                .into_future(),
+        );
+        while pending.len() > 256 {
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    let mut lat = collector.await?;
+    shutdown.cancel();
+    engine_task.await??;
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat.get(idx).copied().unwrap_or(f64::NAN)
+    };
+    Ok(Figures {
+        raw_consumer_per_sec: raw_rate,
+        engine_per_sec: engine_rate,
+        ratio: engine_rate / raw_rate,
+        offered_per_sec: a.rate,
+        latency_samples: lat.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        rss_mib: rss_mib(),
+    })
+}
+
+/// Waits until the shared consumer has acknowledged everything up to `last`.
+async fn wait_acked(js: &jetstream::Context, config: &Config, last: u64, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if Instant::now() > deadline {
+            bail!("the engine did not finish within {within:?}");
+        }
+        if let Ok(stream) = js.get_stream(&config.engine.names.events_stream).await {
+            if let Ok(mut c) = stream
+                .get_consumer::<consumer::pull::Config>(&config.engine.names.consumer)
+                .await
+            {
+                if let Ok(info) = c.info().await {
+                    if info.ack_floor.stream_sequence >= last {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn print_table(a: &BenchArgs, f: &Figures) {
+    println!("riposte bench: {} playbooks, {} events, log connector", a.playbooks, a.events);
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| raw JetStream pull consumer (ack each) | {:.0} events/s |", f.raw_consumer_per_sec);
+    println!("| engine (normalize, match, run, audit, ack) | {:.0} events/s |", f.engine_per_sec);
+    println!("| engine / raw | {:.2} |", f.ratio);
+    println!("| publish-to-audit latency at {}/s, p50 | {:.2} ms |", f.offered_per_sec, f.p50_ms);
+    println!("| publish-to-audit latency at {}/s, p99 | {:.2} ms |", f.offered_per_sec, f.p99_ms);
+    println!("| publish-to-audit latency, max | {:.2} ms |", f.max_ms);
+    println!("| latency samples | {} |", f.latency_samples);
+    println!("| resident memory after the runs | {:.0} MiB |", f.rss_mib);
+}

@@ -1,0 +1,466 @@
+//! The command line: `riposte run | check | test | explain | publish | audit | schema | bench`.
+//!
+//! Owns argument parsing and what each command prints; the work is done by the library
+//! modules. Commands that talk to NATS take `--nats URL` (else `RIPOSTE_NATS_URL`, the config's
+//! URL, the embedded server's `<data dir>/nats.url`, then `nats://127.0.0.1:4222`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::embedded::url_file;
+use crate::engine::{self, load_playbooks};
+use crate::event::Source;
+use crate::script::Sandbox;
+use crate::testing::{run_tests, verdict_text, Simulator};
+
+/// riposte: security events in, audited responses out.
+#[derive(Debug, Parser)]
+#[command(name = "riposte", version, about, long_about = "riposte matches security events (Falco, Tetragon, Trivy, Grype, Kubernetes audit, Alertmanager, Harbor, CloudEvents, any JSON) arriving on NATS JetStream to YAML playbooks with Rhai conditions, and runs their responses through connectors, recording every decision in an audit stream.")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text", env = "RIPOSTE_LOG_FORMAT")]
+    pub log_format: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine: consume events from NATS and run the playbooks.
+    ///
+    /// Without a NATS URL (flag, RIPOSTE_NATS_URL or config), starts and supervises a local
+    /// nats-server with JetStream in the data directory. Refuses to start on an invalid playbook
+    /// set. Stops on SIGINT/SIGTERM: runs in flight get the grace period, then are abandoned
+    /// (and redelivered to another replica or the next start).
+    Run(RunArgs),
+    /// Check playbooks: schema, unknown keys, connectors, actions, parameters, Rhai syntax.
+    ///
+    /// Prints `file:line:column: message` for every problem and exits 1 when there is any.
+    Check(DirArgs),
+    /// Run every playbook's `tests:` cases with connectors in plan mode.
+    ///
+    /// Prints one line per case and a summary `N passed, N failed`; exits 1 on any failure.
+    Test(DirArgs),
+    /// Show what the playbooks would do with a payload: the normalized events, each playbook's
+    /// verdict (with the reason for a non-match) and the planned steps with their arguments.
+    Explain(ExplainArgs),
+    /// Publish a file's payload to a subject (to try things out); waits until it is stored.
+    Publish(PublishArgs),
+    /// Read the audit trail.
+    Audit(AuditArgs),
+    /// Write the JSON Schemas (playbook, config, event, audit record) to a directory.
+    Schema(SchemaArgs),
+    /// Measure throughput and latency against a local nats-server (see README).
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Where the config is.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The engine config (riposte.yaml). Without it, defaults apply.
+    #[arg(long, short = 'c', env = "RIPOSTE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config> {
+        match &self.config {
+            Some(p) => Ok(Config::load(p)?),
+            None => Ok(Config::default_with_bindings()),
+        }
+    }
+}
+
+/// Where NATS is.
+#[derive(Debug, Args)]
+pub struct NatsArg {
+    /// NATS server URL.
+    #[arg(long, env = "RIPOSTE_NATS_URL")]
+    pub nats: Option<String>,
+}
+
+impl NatsArg {
+    fn url(&self, config: &Config) -> String {
+        if let Some(u) = self.nats.clone().or_else(|| config.nats.url.clone()) {
+            return u;
+        }
+        std::fs::read_to_string(url_file(&config.engine.data_dir))
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned())
+    }
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    nats: NatsArg,
+    /// The playbook directory (default: the config's `engine.playbooks`, else `playbooks`).
+    #[arg(long, short = 'p')]
+    playbooks: Option<PathBuf>,
+    /// Where the embedded nats-server keeps its data (default: the config's, else `.riposte`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the metrics and health endpoint.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// This replica's name in audit records.
+    #[arg(long)]
+    replica: Option<String>,
+}
+
+/// A playbook directory and the config that names the connector instances.
+#[derive(Debug, Args)]
+pub struct DirArgs {
+    /// The playbook directory (or one file).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+/// Arguments of `explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A raw producer payload.
+    event_file: PathBuf,
+    /// Its format.
+    #[arg(long, short = 'f')]
+    format: Source,
+    /// The playbook directory.
+    #[arg(long, short = 'p', default_value = "playbooks")]
+    playbooks: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The file whose content is the payload.
+    file: PathBuf,
+    /// The subject (default: `riposte.in.<format>`).
+    #[arg(long, short = 's')]
+    subject: Option<String>,
+    /// The format, used to pick the default subject.
+    #[arg(long, short = 'f')]
+    format: Option<Source>,
+    /// Publish every non-empty line as its own message.
+    #[arg(long)]
+    lines: bool,
+    /// A message id (`Nats-Msg-Id`): a second publish with the same id is stored once.
+    #[arg(long)]
+    msg_id: Option<String>,
+    #[command(flatten)]
+    nats: NatsArg,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+/// Arguments of `audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only records since this long ago (`10m`, `2h`) or this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records of this playbook.
+    #[arg(long)]
+    playbook: Option<String>,
+    /// Only records of this run.
+    #[arg(long)]
+    run: Option<String>,
+    /// One JSON record per line.
+    #[arg(long)]
+    json: bool,
+    /// Keep waiting for new records.
+    #[arg(long)]
+    follow: bool,
+    #[command(flatten)]
+    nats: NatsArg,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+/// Arguments of `schema`.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// The directory to write to.
+    #[arg(default_value = "schemas")]
+    dir: PathBuf,
+}
+
+/// Runs a parsed command line. Returns the process exit code.
+pub async fn main(cli: Cli, shutdown: CancellationToken) -> Result<i32> {
+    match cli.command {
+        Command::Run(a) => run(a, shutdown).await,
+        Command::Check(a) => check(a),
+        Command::Test(a) => test(a).await,
+        Command::Explain(a) => explain(a).await,
+        Command::Publish(a) => publish(a).await,
+        Command::Audit(a) => crate::audit::read::read(a.into(), shutdown).await,
+        Command::Schema(a) => {
+            crate::schema::write_all(&a.dir)?;
+            println!("schemas written to {}", a.dir.display());
+            Ok(0)
+        }
+        Command::Bench(a) => crate::bench::run(a).await,
+    }
+}
+
+async fn run(a: RunArgs, shutdown: CancellationToken) -> Result<i32> {
+    let mut config = a.config.load()?;
+    if let Some(d) = a.data_dir {
+        config.engine.data_dir = d;
+    }
+    if let Some(m) = a.metrics_listen {
+        config.metrics.listen = m;
+    }
+    if a.replica.is_some() {
+        config.engine.replica = a.replica;
+    }
+    let playbooks = a
+        .playbooks
+        .or_else(|| config.engine.playbooks.clone())
+        .unwrap_or_else(|| PathBuf::from("playbooks"));
+    engine::run(
+        engine::Options {
+            nats_url: a.nats.nats.clone().or_else(|| config.nats.url.clone()),
+            config,
+            playbooks,
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(0)
+}
+
+fn sandbox() -> Sandbox {
+    Sandbox::new(std::sync::Arc::new(SystemClock))
+}
+
+fn check(a: DirArgs) -> Result<i32> {
+    let config = a.config.load()?;
+    match load_playbooks(&a.dir, &config, &sandbox()) {
+        Ok(pbs) => {
+            println!("{} playbook(s) OK in {}", pbs.len(), a.dir.display());
+            Ok(0)
+        }
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!("{} problem(s) found", problems.len());
+            Ok(1)
+        }
+    }
+}
+
+async fn test(a: DirArgs) -> Result<i32> {
+    let config = a.config.load()?;
+    let sb = sandbox();
+    let playbooks = match load_playbooks(&a.dir, &config, &sb) {
+        Ok(p) => p,
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            println!("0 passed, {} failed (the playbooks do not load)", problems.len());
+            return Ok(1);
+        }
+    };
+    let results = run_tests(&playbooks, &config, &sb).await;
+    let mut out = std::io::stdout().lock();
+    for r in &results {
+        if r.passed() {
+            writeln!(out, "PASS {} :: {}", r.playbook, r.name)?;
+        } else {
+            writeln!(out, "FAIL {} :: {}", r.playbook, r.name)?;
+            for f in &r.failures {
+                writeln!(out, "     {f}")?;
+            }
+        }
+    }
+    let passed = results.iter().filter(|r| r.passed()).count();
+    let failed = results.len() - passed;
+    writeln!(out, "{passed} passed, {failed} failed")?;
+    Ok(i32::from(failed > 0))
+}
+
+async fn explain(a: ExplainArgs) -> Result<i32> {
+    let config = a.config.load()?;
+    let sb = sandbox();
+    let payload = std::fs::read(&a.event_file)
+        .with_context(|| format!("cannot read `{}`", a.event_file.display()))?;
+    let playbooks = match load_playbooks(&a.playbooks, &config, &sb) {
+        Ok(p) => p,
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            return Ok(1);
+        }
+    };
+    let sim = Simulator::new(playbooks, &config, sb).map_err(anyhow::Error::msg)?;
+    let simulated = match sim.simulate(a.format, &payload).await {
+        Ok(s) => s,
+        Err(e) => {
+            println!("rejected ({}): {e}", e.code());
+            return Ok(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for (i, s) in simulated.iter().enumerate() {
+        if a.json {
+            let decisions: Vec<serde_json::Value> = s
+                .decisions
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "playbook": d.playbook.name,
+                        "verdict": verdict_text(&d.verdict),
+                        "outcome": d.run.as_ref().map(|r| r.outcome.as_str()),
+                        "steps": d.run.as_ref().map(|r| r.steps.iter().map(|st| serde_json::json!({
+                            "id": st.id, "action": st.action, "outcome": st.outcome.as_str(),
+                            "args": st.args, "plan": st.output, "reason": st.reason,
+                        })).collect::<Vec<_>>()),
+                    })
+                })
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "event": s.event, "decisions": decisions })
+            )?;
+            continue;
+        }
+        writeln!(out, "== event {} of {}", i + 1, simulated.len())?;
+        let mut shown = serde_json::to_value(&s.event)?;
+        if let Some(m) = shown.as_object_mut() {
+            m.remove("data");
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&shown)?)?;
+        for d in &s.decisions {
+            writeln!(out, "-- {}: {}", d.playbook.name, verdict_text(&d.verdict))?;
+            if let Some(run) = &d.run {
+                if let Some(r) = &run.reason {
+                    writeln!(out, "   run {}: {r}", run.outcome.as_str())?;
+                }
+                for st in &run.steps {
+                    let args = st.args.as_ref().map(ToString::to_string).unwrap_or_default();
+                    let detail = st
+                        .output
+                        .as_ref()
+                        .and_then(|o| o.get("plan"))
+                        .and_then(|p| p.as_str())
+                        .map(str::to_owned)
+                        .or_else(|| st.reason.clone())
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "   {:<8} {:<20} {} {args}\n            {detail}",
+                        st.outcome.as_str(),
+                        st.id,
+                        st.action
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn publish(a: PublishArgs) -> Result<i32> {
+    let config = a.config.load()?;
+    let subject = match (&a.subject, a.format) {
+        (Some(s), _) => s.clone(),
+        (None, Some(f)) => format!("riposte.in.{f}"),
+        (None, None) => bail!("give --subject or --format"),
+    };
+    let payload =
+        std::fs::read(&a.file).with_context(|| format!("cannot read `{}`", a.file.display()))?;
+    let url = a.nats.url(&config);
+    let client = crate::bus::connect(&config.nats, &url, "riposte publish").await?;
+    let js = crate::bus::jetstream(client);
+    let bodies: Vec<Vec<u8>> = if a.lines {
+        payload
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(<[u8]>::to_vec)
+            .collect()
+    } else {
+        vec![payload]
+    };
+    for (i, body) in bodies.into_iter().enumerate() {
+        let mut msg = async_nats::jetstream::message::PublishMessage::build().payload(body.into());
+        if let Some(id) = &a.msg_id {
+            msg = msg.message_id(if i == 0 { id.clone() } else { format!("{id}#{i}") });
+        }
+        let ack = js
+            .send_publish(subject.clone(), msg)
+            .await
+            .with_context(|| format!("publish to `{subject}` on {url}"))?
+            .await
+            .with_context(|| {
+                format!("`{subject}` is not stored by any stream on {url} (is the engine running, and is the subject bound?)")
+            })?;
+        println!(
+            "stored in {} as #{}{}",
+            ack.stream,
+            ack.sequence,
+            if ack.duplicate { " (duplicate: already stored)" } else { "" }
+        );
+    }
+    Ok(0)
+}
+
+impl From<AuditArgs> for crate::audit::read::Query {
+    fn from(a: AuditArgs) -> Self {
+        crate::audit::read::Query {
+            since: a.since,
+            playbook: a.playbook,
+            run: a.run,
+            json: a.json,
+            follow: a.follow,
+            nats: a.nats.nats,
+            config: a.config.config,
+        }
+    }
+}
+
+/// Parses `10m` (that long ago) or an RFC 3339 time.
+pub fn parse_since(text: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.into());
+    }
+    let d: Duration = humantime::parse_duration(text)
+        .with_context(|| format!("`{text}` is neither a duration (10m, 2h) nor an RFC 3339 time"))?;
+    Ok(now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+}
+
+/// The URL client commands use, for modules outside the CLI.
+pub fn client_url(nats: Option<String>, config: &Config) -> String {
+    NatsArg { nats }.url(config)
+}
+
+/// Loads the config named by a path, or the defaults.
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    ConfigArg {
+        config: path.map(Path::to_path_buf),
+    }
+    .load()
+}

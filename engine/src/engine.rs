@@ -1,0 +1,208 @@
+//! The engine service (`riposte run`): loads playbooks, reaches NATS (or starts the embedded
+//! server), sets up streams, buckets and the consumer, builds the connectors, and consumes
+//! until shutdown.
+//!
+//! Owns start-up order and its refusals: an invalid playbook set, an unknown connector or an
+//! unreachable NATS stop the start with a message that says what to fix. It owns no stage of
+//! the event path itself; those live in their modules.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use riposte_connectors::{BuildError, Connector, ConnectorKind, Deps};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditSink;
+use crate::bus::{self, BusError, Processor};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::embedded::{EmbeddedError, EmbeddedNats};
+use crate::matcher::Matcher;
+use crate::metrics::{self, Metrics};
+use crate::playbook::{load_dir, Catalog, Playbook, Problem};
+use crate::runner::{Runner, RunnerSettings};
+use crate::script::Sandbox;
+use crate::state::{KvState, StateError, StateStore};
+
+/// Why the engine could not start or stopped.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// Playbooks have problems.
+    #[error("the playbook set is invalid ({} problem(s)):\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Playbooks(Vec<Problem>),
+    /// A connector instance could not be built.
+    #[error(transparent)]
+    Connector(#[from] BuildError),
+    /// NATS trouble.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// KV trouble.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The embedded server could not start.
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    /// The metrics endpoint could not listen.
+    #[error("cannot serve metrics on {addr}: {reason}")]
+    Metrics {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What `riposte run` needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The config.
+    pub config: Config,
+    /// NATS URL (wins over the config's; none and none: embedded server).
+    pub nats_url: Option<String>,
+    /// The playbook directory.
+    pub playbooks: PathBuf,
+}
+
+/// Loads and compiles the playbooks of a directory, or every problem.
+pub fn load_playbooks(
+    dir: &Path,
+    config: &Config,
+    sandbox: &Sandbox,
+) -> Result<Vec<Playbook>, Vec<Problem>> {
+    let (playbooks, problems) = load_dir(dir, &Catalog::from_config(config), sandbox);
+    if problems.is_empty() {
+        Ok(playbooks)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Builds every connector instance: the defaults, then the config's.
+pub fn build_connectors(
+    config: &Config,
+    deps: &Deps,
+) -> Result<HashMap<String, Arc<dyn Connector>>, BuildError> {
+    let mut out: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    let empty = serde_json::Map::new();
+    for kind in ConnectorKind::ALL.into_iter().filter(|k| k.has_default_instance()) {
+        if !config.connectors.contains_key(kind.as_str()) {
+            out.insert(kind.as_str().to_owned(), kind.build(kind.as_str(), &empty, deps)?);
+        }
+    }
+    for (name, inst) in &config.connectors {
+        let kind = ConnectorKind::parse(&inst.kind).ok_or_else(|| BuildError::Config {
+            instance: name.clone(),
+            reason: format!("unknown connector type `{}`", inst.kind),
+        })?;
+        out.insert(name.clone(), kind.build(name, &inst.settings, deps)?);
+    }
+    Ok(out)
+}
+
+/// This replica's name: configured, else host name and process id.
+pub fn replica_name(config: &Config) -> String {
+    config.engine.replica.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "riposte".to_owned());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// The runner settings a config gives.
+pub fn runner_settings(config: &Config, plan_only: bool) -> RunnerSettings {
+    RunnerSettings {
+        step_timeout: config.engine.step_timeout.get(),
+        protect: config.protect.clone(),
+        limits: config.limits.clone(),
+        replica: replica_name(config),
+        plan_only,
+    }
+}
+
+/// Runs the engine until `shutdown` is cancelled.
+pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), EngineError> {
+    let config = opts.config;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sandbox = Sandbox::new(clock.clone());
+    let playbooks =
+        load_playbooks(&opts.playbooks, &config, &sandbox).map_err(EngineError::Playbooks)?;
+    tracing::info!(count = playbooks.len(), dir = %opts.playbooks.display(), "playbooks loaded");
+    let mut embedded = None;
+    let url = match opts.nats_url.or_else(|| config.nats.url.clone()) {
+        Some(url) => url,
+        None => {
+            let server =
+                EmbeddedNats::start(&config.engine.data_dir, config.nats.server_binary.as_deref())
+                    .await?;
+            let url = server.url.clone();
+            embedded = Some(server);
+            url
+        }
+    };
+    let result = serve(config, url, playbooks, sandbox, clock, shutdown).await;
+    if let Some(server) = embedded {
+        server.stop().await;
+    }
+    result
+}
+
+async fn serve(
+    config: Config,
+    url: String,
+    playbooks: Vec<Playbook>,
+    sandbox: Sandbox,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<(), EngineError> {
+    let replica = replica_name(&config);
+    let client = bus::connect(&config.nats, &url, &format!("riposte {replica}")).await?;
+    tracing::info!(%url, "connected to NATS");
+    let js = bus::jetstream(client.clone());
+    bus::ensure_streams(&js, &config).await?;
+    let state: Arc<dyn StateStore> =
+        Arc::new(KvState::open(&js, &config.engine.names.kv_prefix).await?);
+    let consumer = bus::ensure_consumer(&js, &config).await?;
+    let connectors = build_connectors(
+        &config,
+        &Deps {
+            nats: Some(client.clone()),
+        },
+    )?;
+    let metrics = Arc::new(Metrics::new());
+    let addr = metrics::serve(metrics.clone(), config.metrics.listen, shutdown.clone())
+        .await
+        .map_err(|e| EngineError::Metrics {
+            addr: config.metrics.listen.to_string(),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+    let runner = Runner::new(
+        sandbox,
+        connectors,
+        state,
+        clock.clone(),
+        metrics.clone(),
+        runner_settings(&config, false),
+    );
+    let processor = Arc::new(Processor {
+        audit: AuditSink::JetStream {
+            js: js.clone(),
+            subject: config.engine.names.audit_subject.clone(),
+        },
+        matcher: Matcher::new(playbooks),
+        runner,
+        js,
+        metrics,
+        clock,
+        config,
+    });
+    bus::consume(processor, consumer, shutdown).await?;
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "final flush failed");
+    }
+    tracing::info!("engine stopped");
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Prometheus metrics and the health endpoints (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Owns the counters and histograms every stage updates, and the small HTTP server that
+//! exposes them. Stages only increment; nothing here reads the bus or runs playbooks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric of the engine.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Payloads received, by format.
+    pub events_received: Family<Labels, Counter>,
+    /// Normalized events that matched at least one playbook.
+    pub events_matched: Counter,
+    /// Normalized events that matched none.
+    pub events_unmatched: Counter,
+    /// Payloads dead-lettered, by reason.
+    pub dead_lettered: Family<Labels, Counter>,
+    /// Conditions that failed (counted as no match).
+    pub condition_errors: Counter,
+    /// Runs, by outcome.
+    pub runs: Family<Labels, Counter>,
+    /// Steps and notifications, by outcome.
+    pub steps: Family<Labels, Counter>,
+    /// Time from a message's arrival to its acknowledgement, seconds.
+    pub event_latency: Histogram,
+    /// Time a run takes, seconds.
+    pub run_latency: Histogram,
+    /// Messages being processed.
+    pub in_flight: Gauge,
+    /// Processing failures that left a message for redelivery (NATS, KV or audit trouble).
+    pub redeliveries: Counter,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("riposte");
+        let events_received = Family::<Labels, Counter>::default();
+        let events_matched = Counter::default();
+        let events_unmatched = Counter::default();
+        let dead_lettered = Family::<Labels, Counter>::default();
+        let condition_errors = Counter::default();
+        let runs = Family::<Labels, Counter>::default();
+        let steps = Family::<Labels, Counter>::default();
+        let event_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
+        let run_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
+        let in_flight = Gauge::default();
+        let redeliveries = Counter::default();
+        registry.register("events_received", "Payloads received, by format", events_received.clone());
+        registry.register("events_matched", "Events that matched at least one playbook", events_matched.clone());
+        registry.register("events_unmatched", "Events that matched no playbook", events_unmatched.clone());
+        registry.register("events_dead_lettered", "Payloads dead-lettered, by reason", dead_lettered.clone());
+        registry.register("condition_errors", "Conditions that failed (no match)", condition_errors.clone());
+        registry.register("runs", "Playbook runs, by outcome", runs.clone());
+        registry.register("steps", "Steps and notifications, by outcome", steps.clone());
+        registry.register("event_latency_seconds", "Arrival to acknowledgement of a message", event_latency.clone());
+        registry.register("run_latency_seconds", "Duration of a playbook run", run_latency.clone());
+        registry.register("in_flight", "Messages being processed", in_flight.clone());
+        registry.register("processing_failures", "Messages left for redelivery after a NATS, KV or audit failure", redeliveries.clone());
+        Metrics {
+            registry,
+            events_received,
+            events_matched,
+            events_unmatched,
+            dead_lettered,
+            condition_errors,
+            runs,
+            steps,
+            event_latency,
+            run_latency,
+            in_flight,
+            redeliveries,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the engine ready (consuming) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the engine is consuming.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// A one-label set.
+    pub fn label(name: &'static str, value: &str) -> Labels {
+        vec![(name, value.to_owned())]
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(metrics);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+}
+
+async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}

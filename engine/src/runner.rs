@@ -1,0 +1,675 @@
+//! Runs one playbook for one event: admission (dedup, limits), vars, steps, notifications,
+//! each decision recorded in the audit trail.
+//!
+//! Owns the run's order of business and its safety rules: guards (protected namespaces,
+//! containers and labels are never acted on by a destructive action), the global limit on
+//! destructive actions, plan mode (dry-run playbooks, `riposte test`), retries with backoff and
+//! per-attempt timeouts. It knows connectors only through their trait, and never touches the
+//! bus: what it decides goes to an [`AuditBatch`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use riposte_connectors::{check_args, Connector, ConnectorError};
+use rhai::{Dynamic, Scope};
+use serde_json::{json, Value};
+use thiserror::Error;
+
+use crate::audit::{AuditBatch, AuditError, AuditRecord, RecordKind};
+use crate::clock::Clock;
+use crate::config::{GlobalLimits, Protect};
+use crate::matcher::EventView;
+use crate::metrics::Metrics;
+use crate::playbook::{Mode, OnError, Playbook, Step};
+use crate::script::{glob_match, json_to_dynamic, Sandbox};
+use crate::state::{kv_key, Claim, RunState, StateError, StateStore};
+
+/// A run could not be carried to its end because shared state or the audit trail failed; the
+/// event is left unacknowledged so it is delivered again.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// KV trouble.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Audit trouble.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every step that ran succeeded.
+    Ok,
+    /// A step failed.
+    Failed,
+    /// Only planned (dry-run or plan mode).
+    Planned,
+    /// Suppressed by the dedup window.
+    Suppressed,
+    /// Refused by the playbook's limit.
+    Limited,
+    /// Already recorded by an earlier delivery.
+    AlreadyRecorded,
+}
+
+impl RunOutcome {
+    /// The name used in audit records and `run.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Planned => "planned",
+            RunOutcome::Suppressed => "suppressed",
+            RunOutcome::Limited => "limited",
+            RunOutcome::AlreadyRecorded => "already_recorded",
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// It ran and succeeded.
+    Ok,
+    /// It failed (after its retries).
+    Failed,
+    /// It did not run (its `when`, a guard, a limit, or an earlier failure).
+    Skipped,
+    /// It was planned, not run.
+    Planned,
+}
+
+impl StepOutcome {
+    /// The name used in audit records and `steps.<id>.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Ok => "ok",
+            StepOutcome::Failed => "failed",
+            StepOutcome::Skipped => "skipped",
+            StepOutcome::Planned => "planned",
+        }
+    }
+}
+
+/// What happened to one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Step id.
+    pub id: String,
+    /// `<instance>.<action>`.
+    pub action: String,
+    /// How it ended.
+    pub outcome: StepOutcome,
+    /// Rendered arguments (absent when rendering failed or the step was skipped early).
+    pub args: Option<Value>,
+    /// The connector's output, or the plan.
+    pub output: Option<Value>,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+    /// Whether it was a notification.
+    pub notify: bool,
+}
+
+/// What happened in one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    /// The run id.
+    pub run_id: String,
+    /// The playbook.
+    pub playbook: String,
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Steps then notifications.
+    pub steps: Vec<StepReport>,
+    /// Why it failed, was suppressed or limited.
+    pub reason: Option<String>,
+}
+
+/// Settings of the runner.
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    /// Time limit of a step without its own `timeout`.
+    pub step_timeout: Duration,
+    /// Guards.
+    pub protect: Protect,
+    /// Global limit on destructive actions.
+    pub limits: GlobalLimits,
+    /// This replica's name, in audit records.
+    pub replica: String,
+    /// Plan every action instead of running it (`riposte test`, `explain`).
+    pub plan_only: bool,
+}
+
+/// Runs playbooks.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    sandbox: Sandbox,
+    connectors: Arc<HashMap<String, Arc<dyn Connector>>>,
+    state: Arc<dyn StateStore>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    settings: RunnerSettings,
+}
+
+impl Runner {
+    /// A runner over built connector instances and a state store.
+    pub fn new(
+        sandbox: Sandbox,
+        connectors: HashMap<String, Arc<dyn Connector>>,
+        state: Arc<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        settings: RunnerSettings,
+    ) -> Self {
+        Runner {
+            sandbox,
+            connectors: Arc::new(connectors),
+            state,
+            clock,
+            metrics,
+            settings,
+        }
+    }
+
+    /// The sandbox expressions run in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// The runner's settings.
+    pub fn settings(&self) -> &RunnerSettings {
+        &self.settings
+    }
+
+    fn record(&self, kind: RecordKind, outcome: &str, run: &RunCtx<'_>) -> AuditRecord {
+        let mut r = AuditRecord::new(
+            kind,
+            outcome,
+            self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            &self.settings.replica,
+        );
+        r.run_id = Some(run.run_id.to_owned());
+        r.event_id = Some(run.view.event.id.clone());
+        r.playbook = Some(run.pb.name.clone());
+        r.dry_run = run.plan;
+        r
+    }
+
+    /// Runs `pb` for the event in `view` as run `run_id`, recording every decision in `audit`.
+    pub async fn run(
+        &self,
+        pb: &Playbook,
+        view: &EventView<'_>,
+        run_id: &str,
+        audit: &mut AuditBatch,
+    ) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let plan = self.settings.plan_only || pb.mode == Mode::DryRun;
+        let mut run = RunCtx {
+            pb,
+            view,
+            run_id,
+            plan,
+            vars: rhai::Map::new(),
+            steps: rhai::Map::new(),
+            reports: Vec::new(),
+            failed: false,
+            outcome: None,
+        };
+        let mut report = RunReport {
+            run_id: run_id.to_owned(),
+            playbook: pb.name.clone(),
+            outcome: RunOutcome::Ok,
+            steps: Vec::new(),
+            reason: None,
+        };
+        let prior = self.state.run_state(run_id).await?;
+        if prior == Some(RunState::Done) {
+            report.outcome = RunOutcome::AlreadyRecorded;
+            return Ok(report);
+        }
+        if let Err(reason) = self.eval_vars(&mut run) {
+            return self.finish(run, report, RunOutcome::Failed, Some(reason), audit, started).await;
+        }
+        if prior.is_none() {
+            if let Some(outcome) = self.admit(&run, audit, &mut report).await? {
+                self.metrics.runs.get_or_create(&Metrics::label("outcome", outcome.as_str())).inc();
+                report.outcome = outcome;
+                return Ok(report);
+            }
+            self.state.set_run_state(run_id, RunState::Admitted).await?;
+        }
+        let mut aborted: Option<String> = None;
+        for step in &pb.steps {
+            if let Some(why) = &aborted {
+                let r = StepReport {
+                    id: step.id.clone(),
+                    action: step.action.to_string(),
+                    outcome: StepOutcome::Skipped,
+                    args: None,
+                    output: None,
+                    reason: Some(format!("not run: {why}")),
+                    notify: false,
+                };
+                self.emit_step(&mut run, step, r, None, audit).await?;
+                continue;
+            }
+            let (r, attempts) = self.step(&mut run, step, false, audit).await?;
+            let failed = r.outcome == StepOutcome::Failed;
+            self.emit_step(&mut run, step, r, attempts, audit).await?;
+            if failed && step.on_error == OnError::Abort {
+                aborted = Some(format!("step `{}` failed", step.id));
+            }
+        }
+        let outcome = if run.failed {
+            RunOutcome::Failed
+        } else if plan {
+            RunOutcome::Planned
+        } else {
+            RunOutcome::Ok
+        };
+        for step in &pb.notify {
+            let (r, attempts) = self.notify(&mut run, step, outcome, audit).await?;
+            self.emit_step(&mut run, step, r, attempts, audit).await?;
+        }
+        let reason = aborted;
+        self.finish(run, report, outcome, reason, audit, started).await
+    }
+
+    async fn finish(
+        &self,
+        run: RunCtx<'_>,
+        mut report: RunReport,
+        outcome: RunOutcome,
+        reason: Option<String>,
+        audit: &mut AuditBatch,
+        started: Instant,
+    ) -> Result<RunReport, RunError> {
+        let elapsed = started.elapsed();
+        let mut rec = self.record(RecordKind::Run, outcome.as_str(), &run);
+        rec.reason = reason.clone();
+        rec.duration_ms = Some(elapsed.as_secs_f64() * 1000.0);
+        audit.emit(run.run_id, rec).await?;
+        audit.flush().await?;
+        self.state.set_run_state(run.run_id, RunState::Done).await?;
+        self.metrics.runs.get_or_create(&Metrics::label("outcome", outcome.as_str())).inc();
+        self.metrics.run_latency.observe(elapsed.as_secs_f64());
+        report.outcome = outcome;
+        report.reason = reason;
+        report.steps = run.reports;
+        Ok(report)
+    }
+
+    /// Dedup and the playbook's limit. `Some(outcome)` when the run may not go on.
+    async fn admit(
+        &self,
+        run: &RunCtx<'_>,
+        audit: &mut AuditBatch,
+        report: &mut RunReport,
+    ) -> Result<Option<RunOutcome>, RunError> {
+        let pb = run.pb;
+        let now = self.clock.now();
+        if let Some((key, window)) = &pb.dedup {
+            let mut scope = run.scope(false);
+            let rendered = match key.render_string(&self.sandbox, &mut scope) {
+                Ok(k) => k,
+                Err(e) => format!("<error: {e}>"),
+            };
+            let claim = self
+                .state
+                .claim(&kv_key(&pb.name, &rendered), run.run_id, *window, now)
+                .await?;
+            if let Claim::Held { by, until } = claim {
+                let reason = format!(
+                    "dedup key `{rendered}` is held by run {by} until {}",
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+                let mut rec = self.record(RecordKind::Dedup, "suppressed", run);
+                rec.reason = Some(reason.clone());
+                audit.emit(run.run_id, rec).await?;
+                report.reason = Some(reason);
+                return Ok(Some(RunOutcome::Suppressed));
+            }
+        }
+        if let Some((max, per)) = pb.limits {
+            if !self
+                .state
+                .take_slot(&format!("playbook.{}", pb.name), max, per, now)
+                .await?
+            {
+                let reason = format!(
+                    "playbook limit reached: {max} runs per {}",
+                    humantime::format_duration(per)
+                );
+                let mut rec = self.record(RecordKind::Limit, "limited", run);
+                rec.reason = Some(reason.clone());
+                audit.emit(run.run_id, rec).await?;
+                report.reason = Some(reason);
+                return Ok(Some(RunOutcome::Limited));
+            }
+        }
+        Ok(None)
+    }
+
+    fn eval_vars(&self, run: &mut RunCtx<'_>) -> Result<(), String> {
+        for (name, value) in &run.pb.vars {
+            let mut scope = run.scope(false);
+            let v = value
+                .render(&self.sandbox, &mut scope)
+                .map_err(|e| format!("var `{name}` failed: {e}"))?;
+            run.vars.insert(name.as_str().into(), json_to_dynamic(&v));
+        }
+        Ok(())
+    }
+
+    async fn emit_step(
+        &self,
+        run: &mut RunCtx<'_>,
+        step: &Step,
+        r: StepReport,
+        attempts: Option<u32>,
+        audit: &mut AuditBatch,
+    ) -> Result<(), RunError> {
+        let kind = if r.notify { RecordKind::Notify } else { RecordKind::Step };
+        let mut rec = self.record(kind, r.outcome.as_str(), run);
+        rec.step = Some(step.id.clone());
+        rec.action = Some(r.action.clone());
+        rec.args = r.args.clone();
+        rec.output = r.output.clone();
+        rec.reason = r.reason.clone();
+        rec.attempts = attempts;
+        audit.emit(run.run_id, rec).await?;
+        self.metrics.steps.get_or_create(&Metrics::label("outcome", r.outcome.as_str())).inc();
+        if r.outcome == StepOutcome::Failed && !r.notify {
+            run.failed = true;
+        }
+        let mut entry = rhai::Map::new();
+        entry.insert("outcome".into(), Dynamic::from(r.outcome.as_str().to_owned()));
+        entry.insert(
+            "output".into(),
+            r.output.as_ref().map_or(Dynamic::UNIT, json_to_dynamic),
+        );
+        run.steps.insert(step.id.as_str().into(), Dynamic::from_map(entry));
+        run.reports.push(r);
+        Ok(())
+    }
+
+    async fn notify(
+        &self,
+        run: &mut RunCtx<'_>,
+        step: &Step,
+        outcome: RunOutcome,
+        audit: &mut AuditBatch,
+    ) -> Result<(StepReport, Option<u32>), RunError> {
+        run.outcome = Some(outcome);
+        self.step(run, step, true, audit).await
+    }
+
+    /// Decides, renders, guards and runs (or plans) one step.
+    async fn step(
+        &self,
+        run: &mut RunCtx<'_>,
+        step: &Step,
+        notify: bool,
+        audit: &mut AuditBatch,
+    ) -> Result<(StepReport, Option<u32>), RunError> {
+        let mut r = StepReport {
+            id: step.id.clone(),
+            action: step.action.to_string(),
+            outcome: StepOutcome::Skipped,
+            args: None,
+            output: None,
+            reason: None,
+            notify,
+        };
+        let mut scope = run.scope(true);
+        if let Some(when) = &step.when {
+            match self.sandbox.eval_bool(when, &mut scope) {
+                Ok(true) => {}
+                Ok(false) => {
+                    r.reason = Some("`when` is false".to_owned());
+                    return Ok((r, None));
+                }
+                Err(e) => {
+                    r.outcome = StepOutcome::Failed;
+                    r.reason = Some(format!("`when` failed: {e}"));
+                    return Ok((r, None));
+                }
+            }
+        }
+        let args = match &step.with {
+            Some(t) => t.render(&self.sandbox, &mut scope),
+            None => Ok(self.default_message(run, step)),
+        };
+        let args = match args {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => serde_json::Map::new(),
+            Err(e) => {
+                r.outcome = StepOutcome::Failed;
+                r.reason = Some(format!("arguments failed: {e}"));
+                return Ok((r, None));
+            }
+        };
+        r.args = Some(Value::Object(args.clone()));
+        if let Err(e) = check_args(step.action.spec, &args) {
+            r.outcome = StepOutcome::Failed;
+            r.reason = Some(e.to_string());
+            return Ok((r, None));
+        }
+        let Some(connector) = self.connectors.get(&step.action.instance) else {
+            r.outcome = StepOutcome::Failed;
+            r.reason = Some(format!(
+                "connector instance `{}` is not configured on this engine",
+                step.action.instance
+            ));
+            return Ok((r, None));
+        };
+        if step.action.spec.destructive {
+            if let Some(why) = self.protected(run.view, &args) {
+                r.reason = Some(format!("guard: {why}"));
+                return Ok((r, None));
+            }
+        }
+        if run.plan {
+            match connector.plan(&step.action.action, &args) {
+                Ok(p) => {
+                    r.outcome = StepOutcome::Planned;
+                    r.output = Some(json!({ "plan": p.description }));
+                }
+                Err(e) => {
+                    r.outcome = StepOutcome::Failed;
+                    r.reason = Some(e.to_string());
+                }
+            }
+            return Ok((r, None));
+        }
+        if step.action.spec.destructive {
+            let l = &self.settings.limits;
+            if !self
+                .state
+                .take_slot("global.destructive", l.max_destructive_actions, l.per.get(), self.clock.now())
+                .await?
+            {
+                let why = format!(
+                    "global limit reached: {} destructive actions per {}",
+                    l.max_destructive_actions, l.per
+                );
+                let mut rec = self.record(RecordKind::Limit, "limited", run);
+                rec.step = Some(step.id.clone());
+                rec.action = Some(r.action.clone());
+                rec.reason = Some(why.clone());
+                audit.emit(run.run_id, rec).await?;
+                r.reason = Some(why);
+                return Ok((r, None));
+            }
+            let mut rec = self.record(RecordKind::StepStarted, "started", run);
+            rec.step = Some(step.id.clone());
+            rec.action = Some(r.action.clone());
+            rec.args = r.args.clone();
+            audit.emit(run.run_id, rec).await?;
+        }
+        let (result, attempts) = self.attempt(connector.as_ref(), step, &args).await;
+        match result {
+            Ok(out) => {
+                r.outcome = StepOutcome::Ok;
+                r.output = Some(out.output);
+            }
+            Err(e) => {
+                r.outcome = StepOutcome::Failed;
+                r.reason = Some(e.to_string());
+            }
+        }
+        Ok((r, Some(attempts)))
+    }
+
+    /// Runs an action with its retries and per-attempt timeout.
+    async fn attempt(
+        &self,
+        connector: &dyn Connector,
+        step: &Step,
+        args: &riposte_connectors::Args,
+    ) -> (Result<riposte_connectors::Output, ConnectorError>, u32) {
+        let limit = step.timeout.unwrap_or(self.settings.step_timeout);
+        let mut backoff = step.backoff;
+        let mut attempt = 1;
+        loop {
+            let result = match tokio::time::timeout(limit, connector.run(&step.action.action, args)).await {
+                Ok(r) => r,
+                Err(_) => Err(ConnectorError::Transient(format!(
+                    "timed out after {}",
+                    humantime::format_duration(limit)
+                ))),
+            };
+            match result {
+                Err(e) if e.is_retryable() && attempt < step.attempts => {
+                    tracing::warn!(step = %step.id, attempt, error = %e, "step failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                }
+                other => return (other, attempt),
+            }
+        }
+    }
+
+    /// Why a destructive action may not touch what this event is about, if it may not.
+    fn protected(&self, view: &EventView<'_>, args: &riposte_connectors::Args) -> Option<String> {
+        let p = &self.settings.protect;
+        let e = view.event;
+        let mut namespaces: Vec<&str> = Vec::new();
+        let mut containers: Vec<&str> = Vec::new();
+        if let Some(pod) = &e.resource.pod {
+            namespaces.extend(pod.namespace.as_deref());
+            for (k, v) in &pod.labels {
+                if p.labels.get(k) == Some(v) {
+                    return Some(format!("pod label `{k}={v}` is protected"));
+                }
+            }
+        }
+        if let Some(c) = &e.resource.container {
+            containers.extend(c.name.as_deref());
+        }
+        namespaces.extend(args.get("namespace").and_then(Value::as_str));
+        containers.extend(args.get("container").and_then(Value::as_str));
+        if let Some(ns) = namespaces.iter().find(|ns| p.namespaces.iter().any(|x| x == *ns)) {
+            return Some(format!("namespace `{ns}` is protected"));
+        }
+        for c in containers {
+            let name = c.trim_start_matches('/');
+            if let Some(g) = p.containers.iter().find(|g| glob_match(g, name)) {
+                return Some(format!("container `{name}` is protected (`{g}`)"));
+            }
+        }
+        None
+    }
+
+    /// The enriched message of a notification without `with`.
+    fn default_message(&self, run: &RunCtx<'_>, step: &Step) -> Value {
+        let e = run.view.event;
+        let mut text = format!("[{}] {}", e.severity, e.title);
+        let mut place = Vec::new();
+        if let Some(c) = &e.resource.container {
+            let name = c.name.as_deref().or(c.id.as_deref()).unwrap_or("?");
+            place.push(match &c.image {
+                Some(img) => format!("container {name} ({img})"),
+                None => format!("container {name}"),
+            });
+        }
+        if let Some(pod) = &e.resource.pod {
+            place.push(format!(
+                "pod {}/{}",
+                pod.namespace.as_deref().unwrap_or("?"),
+                pod.name.as_deref().unwrap_or("?")
+            ));
+        }
+        if let Some(n) = e.resource.node.as_ref().and_then(|n| n.name.as_deref()) {
+            place.push(format!("node {n}"));
+        } else if let Some(h) = e.resource.host.as_ref().and_then(|h| h.name.as_deref()) {
+            place.push(format!("host {h}"));
+        }
+        if let Some(img) = e.resource.image.as_ref().and_then(|i| i.r#ref.as_deref()) {
+            if e.resource.container.is_none() {
+                place.push(format!("image {img}"));
+            }
+        }
+        if !place.is_empty() {
+            text.push_str(" on ");
+            text.push_str(&place.join(", "));
+        }
+        let done: Vec<String> = run
+            .reports
+            .iter()
+            .filter(|r| !r.notify)
+            .map(|r| format!("{} {}", r.action, r.outcome.as_str()))
+            .collect();
+        text.push_str(&format!(
+            ". Playbook {}: {}",
+            run.pb.name,
+            run.outcome.map_or("ok", RunOutcome::as_str)
+        ));
+        if !done.is_empty() {
+            text.push_str(&format!(" ({})", done.join(", ")));
+        }
+        text.push_str(&format!(". Run {}, event {}.", run.run_id, e.id));
+        let param = step.action.spec.message_param.unwrap_or("message");
+        json!({ param: text })
+    }
+}
+
+/// The state of one run in progress.
+struct RunCtx<'a> {
+    pb: &'a Playbook,
+    view: &'a EventView<'a>,
+    run_id: &'a str,
+    plan: bool,
+    vars: rhai::Map,
+    steps: rhai::Map,
+    reports: Vec<StepReport>,
+    failed: bool,
+    outcome: Option<RunOutcome>,
+}
+
+impl RunCtx<'_> {
+    /// A scope with `event` and `vars`, plus `steps` and `run` when `full`.
+    fn scope(&self, full: bool) -> Scope<'static> {
+        let mut scope = self.view.scope();
+        scope.push_constant_dynamic("vars", Dynamic::from_map(self.vars.clone()));
+        if full {
+            scope.push_constant_dynamic("steps", Dynamic::from_map(self.steps.clone()));
+            let mut run = rhai::Map::new();
+            run.insert("id".into(), Dynamic::from(self.run_id.to_owned()));
+            run.insert("playbook".into(), Dynamic::from(self.pb.name.clone()));
+            let outcome = self.outcome.map_or(
+                if self.failed { "failed" } else { "running" },
+                RunOutcome::as_str,
+            );
+            run.insert("outcome".into(), Dynamic::from(outcome.to_owned()));
+            run.insert("failed".into(), Dynamic::from_bool(self.failed));
+            run.insert("dry_run".into(), Dynamic::from_bool(self.plan));
+            scope.push_constant_dynamic("run", Dynamic::from_map(run));
+        }
+        scope
+    }
+}

@@ -1,0 +1,366 @@
+//! Shared run state: run admission, dedup claims and limit counters.
+//!
+//! Kept in JetStream KV buckets ([`KvState`]) so every replica sees the same dedup windows and
+//! limits, and a redelivered event finds the run it already admitted instead of counting it
+//! twice; [`MemoryState`] serves `riposte test` and `explain`, which need no server. Values
+//! carry their own expiry, so windows of any length work whatever the bucket's age limit.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// The state store could not be reached or answered wrongly. The event is not acknowledged, so
+/// it is delivered again.
+#[derive(Debug, Error)]
+#[error("state store: {0}")]
+pub struct StateError(pub String);
+
+/// How far a run got, for redeliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Passed dedup and limits; steps may have started.
+    Admitted,
+    /// Its outcome is recorded.
+    Done,
+}
+
+/// The answer to a dedup claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This run holds the key now.
+    Granted,
+    /// Another run holds it until the given time.
+    Held {
+        /// The run holding it.
+        by: String,
+        /// Until when.
+        until: DateTime<Utc>,
+    },
+}
+
+/// Shared run state.
+#[async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// How far a run got.
+    async fn run_state(&self, run_id: &str) -> Result<Option<RunState>, StateError>;
+    /// Records how far a run got.
+    async fn set_run_state(&self, run_id: &str, state: RunState) -> Result<(), StateError>;
+    /// Claims a dedup key for `window`; a key held by the same run counts as granted.
+    async fn claim(
+        &self,
+        key: &str,
+        run_id: &str,
+        window: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StateError>;
+    /// Takes one slot of a limit (`max` per `per`, fixed windows). False when none is left.
+    async fn take_slot(
+        &self,
+        scope: &str,
+        max: u32,
+        per: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StateError>;
+}
+
+/// A KV-safe key: readable prefix plus a hash of the free-form part.
+pub fn kv_key(prefix: &str, free: &str) -> String {
+    let digest = Sha256::digest(free.as_bytes());
+    let safe: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    format!("{safe}.{}", hex::encode(digest.get(..16).unwrap_or(&digest)))
+}
+
+fn window_index(now: DateTime<Utc>, per: Duration) -> i64 {
+    let ms = i64::try_from(per.as_millis()).unwrap_or(i64::MAX).max(1);
+    now.timestamp_millis().div_euclid(ms)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Held {
+    run: String,
+    until: DateTime<Utc>,
+}
+
+/// State in memory, for commands that run without NATS.
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    runs: Mutex<HashMap<String, RunState>>,
+    claims: Mutex<HashMap<String, Held>>,
+    slots: Mutex<HashMap<(String, i64), u32>>,
+}
+
+fn poisoned<T>(_: T) -> StateError {
+    StateError("memory state lock poisoned".to_owned())
+}
+
+#[async_trait]
+impl StateStore for MemoryState {
+    async fn run_state(&self, run_id: &str) -> Result<Option<RunState>, StateError> {
+        Ok(self.runs.lock().map_err(poisoned)?.get(run_id).copied())
+    }
+
+    async fn set_run_state(&self, run_id: &str, state: RunState) -> Result<(), StateError> {
+        self.runs
+            .lock()
+            .map_err(poisoned)?
+            .insert(run_id.to_owned(), state);
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        run_id: &str,
+        window: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StateError> {
+        let mut claims = self.claims.lock().map_err(poisoned)?;
+        if let Some(h) = claims.get(key) {
+            if h.until > now && h.run != run_id {
+                return Ok(Claim::Held {
+                    by: h.run.clone(),
+                    until: h.until,
+                });
+            }
+        }
+        let until = now + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        claims.insert(
+            key.to_owned(),
+            Held {
+                run: run_id.to_owned(),
+                until,
+            },
+        );
+        Ok(Claim::Granted)
+    }
+
+    async fn take_slot(
+        &self,
+        scope: &str,
+        max: u32,
+        per: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StateError> {
+        let mut slots = self.slots.lock().map_err(poisoned)?;
+        let used = slots
+            .entry((scope.to_owned(), window_index(now, per)))
+            .or_insert(0);
+        if *used >= max {
+            return Ok(false);
+        }
+        *used += 1;
+        Ok(true)
+    }
+}
+
+/// State in JetStream KV buckets, shared by every replica.
+#[derive(Debug, Clone)]
+pub struct KvState {
+    runs: kv::Store,
+    dedup: kv::Store,
+    limits: kv::Store,
+}
+
+/// How many times a compare-and-set is retried under contention.
+const CAS_TRIES: usize = 32;
+/// How long run, dedup and limit entries are kept at most.
+const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl KvState {
+    /// Opens (creating when missing) the buckets `<prefix>-runs`, `-dedup` and `-limits`.
+    pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<KvState, StateError> {
+        let open = |name: String| async move {
+            match js.get_key_value(&name).await {
+                Ok(store) => Ok(store),
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: name.clone(),
+                        history: 1,
+                        max_age: KEEP,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| StateError(format!("cannot create bucket `{name}`: {e}"))),
+            }
+        };
+        Ok(KvState {
+            runs: open(format!("{prefix}-runs")).await?,
+            dedup: open(format!("{prefix}-dedup")).await?,
+            limits: open(format!("{prefix}-limits")).await?,
+        })
+    }
+}
+
+fn kv_err(what: &str, e: impl std::fmt::Display) -> StateError {
+    StateError(format!("{what}: {e}"))
+}
+
+#[async_trait]
+impl StateStore for KvState {
+    async fn run_state(&self, run_id: &str) -> Result<Option<RunState>, StateError> {
+        let value = self
+            .runs
+            .get(run_id)
+            .await
+            .map_err(|e| kv_err("read run state", e))?;
+        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    async fn set_run_state(&self, run_id: &str, state: RunState) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(&state).map_err(|e| kv_err("encode run state", e))?;
+        self.runs
+            .put(run_id, bytes.into())
+            .await
+            .map_err(|e| kv_err("write run state", e))?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        run_id: &str,
+        window: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StateError> {
+        let until = now + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        let value: bytes::Bytes = serde_json::to_vec(&Held {
+            run: run_id.to_owned(),
+            until,
+        })
+        .map_err(|e| kv_err("encode dedup claim", e))?
+        .into();
+        for _ in 0..CAS_TRIES {
+            let entry = self
+                .dedup
+                .entry(key)
+                .await
+                .map_err(|e| kv_err("read dedup key", e))?;
+            let live = entry
+                .as_ref()
+                .filter(|e| e.operation == kv::Operation::Put);
+            match live {
+                None => {
+                    let created = match &entry {
+                        None => self.dedup.create(key, value.clone()).await.is_ok(),
+                        Some(e) => self
+                            .dedup
+                            .update(key, value.clone(), e.revision)
+                            .await
+                            .is_ok(),
+                    };
+                    if created {
+                        return Ok(Claim::Granted);
+                    }
+                }
+                Some(e) => {
+                    let held: Option<Held> = serde_json::from_slice(&e.value).ok();
+                    if let Some(h) = held.filter(|h| h.until > now && h.run != run_id) {
+                        return Ok(Claim::Held {
+                            by: h.run,
+                            until: h.until,
+                        });
+                    }
+                    if self
+                        .dedup
+                        .update(key, value.clone(), e.revision)
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(Claim::Granted);
+                    }
+                }
+            }
+        }
+        Err(StateError(format!("dedup key `{key}`: too much contention")))
+    }
+
+    async fn take_slot(
+        &self,
+        scope: &str,
+        max: u32,
+        per: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StateError> {
+        let key = kv_key(scope, &window_index(now, per).to_string());
+        for _ in 0..CAS_TRIES {
+            let entry = self
+                .limits
+                .entry(&key)
+                .await
+                .map_err(|e| kv_err("read limit counter", e))?;
+            let (used, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.parse::<u32>().ok())
+                        .unwrap_or(0),
+                    Some(e.revision),
+                ),
+                Some(e) => (0, Some(e.revision)),
+                None => (0, None),
+            };
+            if used >= max {
+                return Ok(false);
+            }
+            let next: bytes::Bytes = (used + 1).to_string().into_bytes().into();
+            let ok = match revision {
+                None => self.limits.create(&key, next).await.is_ok(),
+                Some(r) => self.limits.update(&key, next, r).await.is_ok(),
+            };
+            if ok {
+                return Ok(true);
+            }
+        }
+        Err(StateError(format!("limit `{scope}`: too much contention")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().into()
+    }
+
+    #[tokio::test]
+    async fn a_dedup_key_is_held_for_its_window_except_for_its_own_run() {
+        let s = MemoryState::default();
+        let w = Duration::from_secs(600);
+        let now = t("2026-01-01T00:00:00Z");
+        assert_eq!(s.claim("k", "r1", w, now).await.unwrap(), Claim::Granted);
+        assert_eq!(s.claim("k", "r1", w, now).await.unwrap(), Claim::Granted);
+        assert!(matches!(s.claim("k", "r2", w, now).await.unwrap(), Claim::Held { .. }));
+        let later = t("2026-01-01T00:10:01Z");
+        assert_eq!(s.claim("k", "r2", w, later).await.unwrap(), Claim::Granted);
+    }
+
+    #[tokio::test]
+    async fn limits_count_per_fixed_window() {
+        let s = MemoryState::default();
+        let per = Duration::from_secs(60);
+        let now = t("2026-01-01T00:00:00Z");
+        assert!(s.take_slot("p", 2, per, now).await.unwrap());
+        assert!(s.take_slot("p", 2, per, now).await.unwrap());
+        assert!(!s.take_slot("p", 2, per, now).await.unwrap());
+        assert!(s.take_slot("p", 2, per, t("2026-01-01T00:01:00Z")).await.unwrap());
+    }
+
+    #[test]
+    fn kv_keys_are_safe() {
+        let k = kv_key("dedup.my playbook", "anything: goes/here");
+        assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{k}");
+    }
+}
