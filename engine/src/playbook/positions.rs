@@ -75,9 +75,10 @@ impl Positions {
             Style::Block => {
                 // The parser marks a block scalar at its first content line.
                 let file_line = start.line + line - 1;
+                // The block's indentation is that of its first line; YAML strips it.
                 let indent = self
                     .lines
-                    .get(file_line.saturating_sub(1))
+                    .get(start.line.saturating_sub(1))
                     .map_or(0, |l| l.len() - l.trim_start().len());
                 Pos {
                     line: file_line,
@@ -198,7 +199,7 @@ mod tests {
     #[test]
     fn maps_positions_inside_block_and_quoted_scalars() {
         let p = Positions::index(DOC);
-        assert_eq!(p.inside("spec.match.when", 2, 12), Pos { line: 6, column: 20 });
+        assert_eq!(p.inside("spec.match.when", 2, 12), Pos { line: 6, column: 18 });
         assert_eq!(p.inside("spec.steps[1].action", 1, 1), Pos { line: 11, column: 16 });
     }
 }

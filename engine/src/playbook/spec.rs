@@ -20,8 +20,10 @@ use crate::event::{Kind, Source};
 pub struct PlaybookFile {
     /// Always `riposte/v1`.
     #[serde(rename = "apiVersion")]
+    #[schemars(extend("const" = "riposte/v1"))]
     pub api_version: String,
     /// Always `Playbook`.
+    #[schemars(extend("const" = "Playbook"))]
     pub kind: String,
     /// Name and ownership.
     pub metadata: Metadata,
@@ -34,6 +36,7 @@ pub struct PlaybookFile {
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// Unique name, `[a-z0-9-]`.
+    #[schemars(regex(pattern = r"^[a-z0-9-]{1,63}$"))]
     pub name: String,
     /// One sentence: what it does.
     #[serde(default)]
@@ -152,8 +155,10 @@ pub struct RetrySpec {
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     /// Unique within the playbook, `[a-z][a-z0-9_]*` (usable as `steps.<id>` in Rhai).
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]*$"))]
     pub id: String,
     /// `<connector instance>.<action>`, e.g. `log.info`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]*\.[a-z_]+$"))]
     pub action: String,
     /// The action's arguments; strings may hold `${{ }}`.
     #[serde(default)]
@@ -177,6 +182,7 @@ pub struct StepSpec {
 #[serde(deny_unknown_fields)]
 pub struct NotifySpec {
     /// `<connector instance>.<action>`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]*\.[a-z_]+$"))]
     pub action: String,
     /// A Rhai condition; skipped when false.
     #[serde(default)]
