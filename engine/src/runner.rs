@@ -610,7 +610,7 @@ impl Runner {
             place.push(format!("host {h}"));
         }
         if let Some(img) = e.resource.image.as_ref().and_then(|i| i.r#ref.as_deref()) {
-            if e.resource.container.is_none() {
+            if e.resource.container.is_none() && !e.title.contains(img) {
                 place.push(format!("image {img}"));
             }
         }

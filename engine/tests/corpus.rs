@@ -7,7 +7,12 @@
 //! format must reject every sample that is not its own. Must never depend on the wall clock: the
 //! received time is fixed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -167,7 +172,6 @@ fn rejected(file: &'static str, format: Source, code: &'static str, reason: &'st
 }
 
 /// The table: one entry per corpus file.
-#[allow(clippy::too_many_lines)]
 fn cases() -> Vec<Case> {
     use Kind::*;
     use Severity::*;
@@ -583,21 +587,37 @@ fn check_events(case: &Case, events: &[Event], count: usize, checks: &[Check]) -
             problems.push(format!("{here}: kind {} != {}", event.kind, check.kind));
         }
         if event.severity != check.severity {
-            problems.push(format!("{here}: severity {} != {}", event.severity, check.severity));
+            problems.push(format!(
+                "{here}: severity {} != {}",
+                event.severity, check.severity
+            ));
         }
         if event.title != check.title {
-            problems.push(format!("{here}: title `{}` != `{}`", event.title, check.title));
+            problems.push(format!(
+                "{here}: title `{}` != `{}`",
+                event.title, check.title
+            ));
         }
         if parts(event) != check.parts {
-            problems.push(format!("{here}: parts `{}` != `{}`", parts(event), check.parts));
+            problems.push(format!(
+                "{here}: parts `{}` != `{}`",
+                parts(event),
+                check.parts
+            ));
         }
         if event.findings.len() != check.findings {
-            problems.push(format!("{here}: {} findings != {}", event.findings.len(), check.findings));
+            problems.push(format!(
+                "{here}: {} findings != {}",
+                event.findings.len(),
+                check.findings
+            ));
         }
         for (pointer, expected) in &check.fields {
             let found = at(event, pointer);
             if found.as_deref() != Some(*expected) {
-                problems.push(format!("{here}: {pointer} = {found:?}, expected `{expected}`"));
+                problems.push(format!(
+                    "{here}: {pointer} = {found:?}, expected `{expected}`"
+                ));
             }
         }
     }
@@ -620,7 +640,9 @@ fn every_corpus_file_has_a_table_entry_and_normalizes_as_it_says() {
     }
     for (file, n) in &entries {
         if !files.contains(*file) {
-            problems.push(format!("{file}: table entry for a file that is not in the corpus"));
+            problems.push(format!(
+                "{file}: table entry for a file that is not in the corpus"
+            ));
         }
         if *n > 1 {
             problems.push(format!("{file}: {n} table entries"));
@@ -641,7 +663,9 @@ fn every_corpus_file_has_a_table_entry_and_normalizes_as_it_says() {
                     problems.push(format!("{}: not the same events twice", case.file));
                 }
             }
-            (Expect::Events(..), Err(err)) => problems.push(format!("{}: rejected: {err}", case.file)),
+            (Expect::Events(..), Err(err)) => {
+                problems.push(format!("{}: rejected: {err}", case.file))
+            }
             (Expect::Rejected(code, reason), Err(err)) => {
                 if err.code() != *code || !err.to_string().contains(reason) {
                     problems.push(format!(
@@ -671,7 +695,9 @@ fn dedicated_formats_reject_every_sample_of_another_format() {
             }
             let result = run(format, &file);
             // Harbor's CloudEvents notification is a valid CloudEvent too.
-            if format == Source::Cloudevents && file == "harbor/harbor-docs_scanning-completed_cloudevents.json" {
+            if format == Source::Cloudevents
+                && file == "harbor/harbor-docs_scanning-completed_cloudevents.json"
+            {
                 let events = result.unwrap();
                 assert_eq!(events[0].title, "harbor.scan.completed");
                 assert_eq!(events[0].id, "64bce2fe-6159-454d-8389-852d01ef1e9d");
@@ -684,8 +710,14 @@ fn dedicated_formats_reject_every_sample_of_another_format() {
             };
             match result {
                 Err(err) if err.code() == expected => {}
-                Err(err) => problems.push(format!("{file} as {format}: {} `{err}`, expected {expected}", err.code())),
-                Ok(events) => problems.push(format!("{file} as {format}: accepted ({} events)", events.len())),
+                Err(err) => problems.push(format!(
+                    "{file} as {format}: {} `{err}`, expected {expected}",
+                    err.code()
+                )),
+                Ok(events) => problems.push(format!(
+                    "{file} as {format}: accepted ({} events)",
+                    events.len()
+                )),
             }
         }
     }
@@ -707,7 +739,11 @@ fn a_grype_report_given_to_falco_is_the_wrong_shape() {
 
 #[test]
 fn the_malformed_audit_event_is_rejected_with_its_reason() {
-    let err = run(Source::K8sAudit, "k8s-audit/falco-test_malformed-fal_01_003.json").unwrap_err();
+    let err = run(
+        Source::K8sAudit,
+        "k8s-audit/falco-test_malformed-fal_01_003.json",
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "not a k8s-audit payload: `kind` must be \"Event\" or \"EventList\", got 0"
@@ -720,7 +756,9 @@ fn falco_evt_time_keeps_every_nanosecond() {
     let mut alert: Value = serde_json::from_slice(&read(file)).unwrap();
     alert.as_object_mut().unwrap().remove("time");
     let payload = serde_json::to_vec(&alert).unwrap();
-    let event = normalize(Source::Falco, &payload, received()).unwrap().remove(0);
+    let event = normalize(Source::Falco, &payload, received())
+        .unwrap()
+        .remove(0);
     // 1685022245478445995 is above 2^53: a float would have rounded it.
     assert_eq!(event.time, "2023-05-25T13:44:05.478445995Z");
     assert!(!event.labels.contains_key("riposte.time"));
@@ -729,19 +767,29 @@ fn falco_evt_time_keeps_every_nanosecond() {
         Some(1_685_022_245_478_445_995)
     );
     let original = events(Source::Falco, file).remove(0);
-    assert!(serde_json::to_string(&original.data).unwrap().contains("1685022245478445995"));
+    assert!(serde_json::to_string(&original.data)
+        .unwrap()
+        .contains("1685022245478445995"));
 }
 
 #[test]
 fn falco_reads_rule_with_a_capital_r() {
-    let event = events(Source::Falco, "falco/falco-talon-examples_test-networkpolicy.json").remove(0);
+    let event = events(
+        Source::Falco,
+        "falco/falco-talon-examples_test-networkpolicy.json",
+    )
+    .remove(0);
     assert_eq!(event.title, "Test NetworkPolicy");
     assert_eq!(event.severity, Severity::Critical);
 }
 
 #[test]
 fn falco_invalid_time_falls_back_to_the_received_time() {
-    let event = events(Source::Falco, "falco/falco-website_sidekick-test_invalid-time.json").remove(0);
+    let event = events(
+        Source::Falco,
+        "falco/falco-website_sidekick-test_invalid-time.json",
+    )
+    .remove(0);
     assert_eq!(event.time, RECEIVED);
     assert_eq!(event.labels["riposte.time"], "received");
     assert_eq!(event.data["time"], "2021-04-13T20:58:00.746609046Z+2");
@@ -791,15 +839,27 @@ fn trivy_keeps_one_cve_on_two_packages_and_collapses_identical_findings() {
 
     // The same report with every vulnerability listed twice (and once more in a second Result).
     let mut report: Value = serde_json::from_slice(&read(file)).unwrap();
-    let vulnerabilities = report["Results"][0]["Vulnerabilities"].as_array().unwrap().clone();
-    let doubled: Vec<Value> = vulnerabilities.iter().chain(vulnerabilities.iter()).cloned().collect();
+    let vulnerabilities = report["Results"][0]["Vulnerabilities"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let doubled: Vec<Value> = vulnerabilities
+        .iter()
+        .chain(vulnerabilities.iter())
+        .cloned()
+        .collect();
     report["Results"][0]["Vulnerabilities"] = Value::Array(doubled);
     let extra = serde_json::json!({"Target": "again", "Vulnerabilities": vulnerabilities});
     report["Results"].as_array_mut().unwrap().push(extra);
     let payload = serde_json::to_vec(&report).unwrap();
-    let doubled_event = normalize(Source::Trivy, &payload, received()).unwrap().remove(0);
+    let doubled_event = normalize(Source::Trivy, &payload, received())
+        .unwrap()
+        .remove(0);
     assert_eq!(doubled_event.findings, event.findings);
-    assert_eq!(doubled_event.title, "6 vulnerabilities in ghcr.io/aquasecurity/trivy-test-images:alpine-39");
+    assert_eq!(
+        doubled_event.title,
+        "6 vulnerabilities in ghcr.io/aquasecurity/trivy-test-images:alpine-39"
+    );
 }
 
 #[test]
@@ -820,7 +880,11 @@ fn grype_collapses_one_cve_matched_twice_for_one_package() {
 
 #[test]
 fn harbor_reads_the_scan_overview_keyed_by_a_mime_type_with_spaces() {
-    let event = events(Source::Harbor, "harbor/zulip-fixture_scanning-completed_high.json").remove(0);
+    let event = events(
+        Source::Harbor,
+        "harbor/zulip-fixture_scanning-completed_high.json",
+    )
+    .remove(0);
     assert!(event.data["event_data"]["resources"][0]["scan_overview"]
         .get("application/vnd.security.vulnerability.report; version=1.1")
         .is_some());
@@ -841,7 +905,10 @@ fn a_byte_order_mark_is_stripped_before_parsing() {
     // PolicyReports, not VulnerabilityReports.
     match run(Source::Trivy, file) {
         Err(FormatError::WrongShape { reason, .. }) => {
-            assert_eq!(reason, "`items[0]` is a `PolicyReport`, not a VulnerabilityReport")
+            assert_eq!(
+                reason,
+                "`items[0]` is a `PolicyReport`, not a VulnerabilityReport"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -857,7 +924,10 @@ fn a_byte_order_mark_is_stripped_before_parsing() {
 
 #[test]
 fn generic_reads_the_docker_json_stream_as_nine_events() {
-    let events = events(Source::Generic, "docker/moby-api-v1.24-docs_events-stream.jsonstream");
+    let events = events(
+        Source::Generic,
+        "docker/moby-api-v1.24-docs_events-stream.jsonstream",
+    );
     let titles: Vec<&str> = events.iter().map(|e| e.title.as_str()).collect();
     assert_eq!(
         titles,
@@ -873,16 +943,24 @@ fn generic_reads_the_docker_json_stream_as_nine_events() {
             "container destroy"
         ]
     );
-    assert!(events.iter().all(|e| e.id.starts_with("sha256:") && !e.id.contains('#')));
+    assert!(events
+        .iter()
+        .all(|e| e.id.starts_with("sha256:") && !e.id.contains('#')));
 }
 
 #[test]
 fn payload_hash_ids_are_stable_and_indexed_within_one_object() {
     let file = "alertmanager/msteams-test_webhook-v4_2-alerts.json";
     let first = events(Source::Alertmanager, file);
-    assert_eq!(first[0].id, format!("{}#0", first[0].id.trim_end_matches("#0")));
+    assert_eq!(
+        first[0].id,
+        format!("{}#0", first[0].id.trim_end_matches("#0"))
+    );
     assert!(first[1].id.ends_with("#1"));
-    assert_eq!(first[0].id.trim_end_matches("#0"), first[1].id.trim_end_matches("#1"));
+    assert_eq!(
+        first[0].id.trim_end_matches("#0"),
+        first[1].id.trim_end_matches("#1")
+    );
     assert_eq!(events(Source::Alertmanager, file), first);
 }
 
@@ -890,8 +968,14 @@ fn payload_hash_ids_are_stable_and_indexed_within_one_object() {
 fn empty_and_binary_payloads_are_rejected_by_every_format() {
     for format in Source::ALL {
         assert_eq!(normalize(format, b"", received()), Err(FormatError::Empty));
-        assert_eq!(normalize(format, b" \r\n\t ", received()), Err(FormatError::Empty));
-        assert_eq!(normalize(format, b"\xEF\xBB\xBF\n", received()), Err(FormatError::Empty));
+        assert_eq!(
+            normalize(format, b" \r\n\t ", received()),
+            Err(FormatError::Empty)
+        );
+        assert_eq!(
+            normalize(format, b"\xEF\xBB\xBF\n", received()),
+            Err(FormatError::Empty)
+        );
         assert!(matches!(
             normalize(format, b"{\"rule\": \"\xff\"}", received()),
             Err(FormatError::NotText(_))

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::generic;
-use super::util::{self, Doc};
+use super::util::{self, Doc, Loose};
 use super::FormatError;
 use crate::event::{Event, Kind, Severity, Source};
 
@@ -89,29 +89,28 @@ fn cloud_event(value: &Value, received: DateTime<Utc>) -> Result<Event, FormatEr
     let source = attribute(object, "source")?;
     let event_type = attribute(object, "type")?;
     let subject = object.get("subject").and_then(util::non_empty);
-    let data = object.get("data").and_then(Value::as_object);
+    let data = object
+        .get("data")
+        .and_then(Value::as_object)
+        .map(Loose::new);
 
     let mut event = util::blank(FORMAT, Kind::Alert, value.clone());
     event.id = id.to_string();
     event.title = event_type.to_string();
     event.summary = data
-        .and_then(|data| {
-            generic::text_field(
-                data,
-                &["summary", "message", "description", "output", "msg", "text"],
-            )
-        })
+        .as_ref()
+        .and_then(|data| data.text(generic::SUMMARY_FIELDS))
         .or_else(|| subject.map(str::to_string))
         .unwrap_or_else(|| format!("{event_type} from {source}"));
-    event.severity = generic::severity(object)
-        .or_else(|| data.and_then(generic::severity))
+    event.severity = generic::severity(&Loose::new(object))
+        .or_else(|| data.as_ref().and_then(generic::severity))
         .unwrap_or(Severity::Info);
     let time = object
         .get("time")
         .and_then(Value::as_str)
         .and_then(util::rfc3339);
     event.time = util::settle_time(time, received, &mut event.labels);
-    if let Some(data) = data {
+    if let Some(data) = &data {
         event.resource = generic::resource_hints(data);
     }
     let labels = [

@@ -19,7 +19,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::util::{self, Doc};
+use super::util::{self, Doc, Loose};
 use super::FormatError;
 use crate::event::{Container, Event, Host, Kind, Node, Pod, Process, Resource, Severity, Source};
 
@@ -69,60 +69,48 @@ fn events_of(doc: &Doc<'_>, received: DateTime<Utc>) -> Result<Vec<Event>, Forma
 }
 
 fn event(object: &Map<String, Value>, value: &Value, id: String, received: DateTime<Utc>) -> Event {
+    let fields = Loose::new(object);
     let mut event = util::blank(FORMAT, Kind::Alert, value.clone());
     event.id = id;
-    event.title = title(object);
-    event.summary = text_field(
-        object,
-        &["summary", "message", "description", "output", "msg", "text"],
-    )
-    .unwrap_or_default();
-    event.severity = severity(object).unwrap_or(Severity::Info);
-    event.time = util::settle_time(time(object), received, &mut event.labels);
-    event.resource = resource_hints(object);
+    event.title = title(&fields);
+    event.summary = fields.text(SUMMARY_FIELDS).unwrap_or_default();
+    event.severity = severity(&fields).unwrap_or(Severity::Info);
+    event.time = util::settle_time(time(&fields), received, &mut event.labels);
+    event.resource = resource_hints(&fields);
     event
 }
 
-/// The first of `names` (folded, see [`util::get_loose`]) that holds a non-empty string.
-pub(super) fn text_field(object: &Map<String, Value>, names: &[&str]) -> Option<String> {
-    names.iter().find_map(|name| {
-        util::get_loose(object, &[name])
-            .and_then(util::non_empty)
-            .map(str::to_string)
-    })
-}
+/// Fields holding a human text, in order of preference (folded names).
+pub(super) const SUMMARY_FIELDS: &[&str] =
+    &["summary", "message", "description", "output", "msg", "text"];
 
 /// A `severity`, `priority` or `level` word.
-pub(super) fn severity(object: &Map<String, Value>) -> Option<Severity> {
+pub(super) fn severity(fields: &Loose<'_>) -> Option<Severity> {
     ["severity", "priority", "level"].iter().find_map(|name| {
-        util::get_loose(object, &[name])
+        fields
+            .get(name)
             .and_then(Value::as_str)
             .and_then(util::severity_word)
     })
 }
 
 /// The first time field that reads as a time.
-pub(super) fn time(object: &Map<String, Value>) -> Option<String> {
+fn time(fields: &Loose<'_>) -> Option<String> {
     ["timenano", "time", "timestamp", "eventtime"]
         .iter()
-        .find_map(|name| match util::get_loose(object, &[name])? {
+        .find_map(|name| match fields.get(name)? {
             Value::String(s) => util::rfc3339(s),
             Value::Number(n) => n.as_i64().and_then(util::epoch_guess),
             _ => None,
         })
 }
 
-fn title(object: &Map<String, Value>) -> String {
-    if let Some(title) = text_field(
-        object,
-        &["title", "name", "rule", "alertname", "event", "eventname"],
-    ) {
+fn title(fields: &Loose<'_>) -> String {
+    if let Some(title) = fields.text(&["title", "name", "rule", "alertname", "event", "eventname"])
+    {
         return title;
     }
-    match (
-        text_field(object, &["type"]),
-        text_field(object, &["action"]),
-    ) {
+    match (fields.text(&["type"]), fields.text(&["action"])) {
         (Some(kind), Some(action)) => format!("{kind} {action}"),
         (Some(one), None) | (None, Some(one)) => one,
         (None, None) => "event".to_string(),
@@ -130,8 +118,8 @@ fn title(object: &Map<String, Value>) -> String {
 }
 
 /// Resource parts named by flat, well-known keys of an object.
-pub(super) fn resource_hints(object: &Map<String, Value>) -> Resource {
-    let text = |names: &[&str]| text_field(object, names);
+pub(super) fn resource_hints(fields: &Loose<'_>) -> Resource {
+    let text = |names: &[&str]| fields.text(names);
     let mut resource = Resource::default();
     let image = text(&["containerimage", "image"]);
     let container = Container {
@@ -161,7 +149,7 @@ pub(super) fn resource_hints(object: &Map<String, Value>) -> Resource {
     let process = Process {
         pid: ["processid", "pid"]
             .iter()
-            .find_map(|name| util::get_loose(object, &[name]).and_then(util::int)),
+            .find_map(|name| fields.get(name).and_then(util::int)),
         name: text(&["processname", "procname"]),
         cmdline: text(&["cmdline", "proccmdline", "commandline"]),
         user: None,

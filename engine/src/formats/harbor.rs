@@ -10,6 +10,7 @@
 //! | field | rule |
 //! |---|---|
 //! | id | CloudEvents `id`, else the payload hash; `#<index>` when the notification names several artifacts |
+//! | data | the notification; when it names several artifacts, narrowed to this event's one (`resources` holds only it) |
 //! | kind | `SCANNING_COMPLETED` / `harbor.scan.completed` → `vulnerability`; everything else (`PUSH_ARTIFACT`, `PULL_ARTIFACT`, `DELETE_ARTIFACT`, `SCANNING_FAILED`, `SCANNING_STOPPED`, quota, replication, retention) → `registry` |
 //! | severity | scan completed: `scan_overview.*.severity` (Critical → critical, High → high, Medium → medium, Low → low, Negligible, Unknown, None, empty → info); scan failed and quota exceeded → low; everything else → info |
 //! | time | Default: `occur_at` (epoch seconds); CloudEvents: `time` when valid RFC 3339; else the received time (label `riposte.time` = `received`) |
@@ -153,7 +154,7 @@ fn notification(doc: &Doc<'_>, received: DateTime<Utc>) -> Result<Vec<Event>, Fo
                 Some(id) => util::nth(id.to_string(), i, count),
                 None => doc.nth_id(i, count),
             };
-            event(doc, &envelope, resource, id, received)
+            event(doc, &envelope, resource, id, count, received)
         })
         .collect())
 }
@@ -163,6 +164,7 @@ fn event(
     envelope: &Envelope<'_>,
     resource: Option<&Value>,
     id: String,
+    count: usize,
     received: DateTime<Utc>,
 ) -> Event {
     let repository = util::str_at(envelope.data, &["repository", "repo_full_name"])
@@ -181,7 +183,7 @@ fn event(
     } else {
         Kind::Registry
     };
-    let mut event = util::blank(FORMAT, kind, doc.value.clone());
+    let mut event = util::blank(FORMAT, kind, narrowed(&doc.value, resource, count));
     event.id = id;
     event.time = util::settle_time(envelope.time.clone(), received, &mut event.labels);
     event.resource.image = image;
@@ -288,6 +290,45 @@ fn event(
     event
 }
 
+/// The notification as the event's data: untouched when it names one artifact; narrowed to
+/// `resource` (the other artifacts left out of `resources`) when it names several, so that each
+/// event carries its own part without copying the whole notification once per artifact.
+fn narrowed(payload: &Value, resource: Option<&Value>, count: usize) -> Value {
+    let (Some(resource), Some(object), true) = (resource, payload.as_object(), count > 1) else {
+        return payload.clone();
+    };
+    let narrow = |data: &Value| -> Value {
+        match data.as_object() {
+            Some(data) => Value::Object(
+                data.iter()
+                    .map(|(k, v)| {
+                        let v = if k == "resources" {
+                            Value::Array(vec![resource.clone()])
+                        } else {
+                            v.clone()
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect(),
+            ),
+            None => data.clone(),
+        }
+    };
+    Value::Object(
+        object
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == "event_data" || k == "data" {
+                    narrow(v)
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
+}
+
 /// The image an artifact of the notification names.
 fn image(resource: &Value, repository: Option<&str>) -> Option<Image> {
     let url = util::str_at(resource, &["resource_url"]);
@@ -365,6 +406,12 @@ mod tests {
         let second = events[1].resource.image.as_ref().unwrap();
         assert_eq!(second.r#ref.as_deref(), Some("p/app:latest@sha256:aa"));
         assert_eq!(events[1].title, "artifact pushed: p/app:latest@sha256:aa");
+        let resources = events[1].data["event_data"]["resources"]
+            .as_array()
+            .unwrap();
+        assert_eq!(resources.len(), 1);
+        assert_eq!(resources[0]["tag"], "latest");
+        assert_eq!(events[1].data["event_data"]["repository"]["namespace"], "p");
     }
 
     #[test]

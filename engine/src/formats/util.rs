@@ -111,9 +111,27 @@ fn json_lines(text: &str) -> Option<Vec<Doc<'_>>> {
     (!docs.is_empty()).then_some(docs)
 }
 
+/// How deep YAML flow collections (`[...]`, `{...}`) may nest: the parser's time grows with the
+/// square of the depth, so deeper input is refused before it is parsed (serde_yaml would refuse
+/// it after 128 levels anyway).
+const YAML_MAX_FLOW_DEPTH: usize = 128;
+
 /// Every document of a YAML payload, as JSON values (empty documents skipped). Timestamps stay
 /// strings: serde_yaml has no timestamp type.
 pub(crate) fn yaml_values(text: &str) -> Result<Vec<Value>, String> {
+    let mut depth: usize = 0;
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => depth = depth.saturating_add(1),
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => continue,
+        }
+        if depth > YAML_MAX_FLOW_DEPTH {
+            return Err(format!(
+                "flow collections nested deeper than {YAML_MAX_FLOW_DEPTH} levels"
+            ));
+        }
+    }
     let mut values = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
         let value = Value::deserialize(document).map_err(|e| e.to_string())?;
@@ -473,26 +491,42 @@ pub(crate) fn get_ci<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'
     })
 }
 
-/// Looks a key up ignoring case and the separators `_`, `-`, `.` and `@`, trying each of
-/// `names` (already in that folded form) in order.
-pub(crate) fn get_loose<'a>(object: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
-    let folded: Vec<(String, &Value)> = object
-        .iter()
-        .map(|(k, v)| {
-            let key: String = k
-                .chars()
-                .filter(|c| !matches!(c, '_' | '-' | '.' | '@'))
-                .flat_map(char::to_lowercase)
-                .collect();
-            (key, v)
-        })
-        .collect();
-    names.iter().find_map(|name| {
-        folded
+/// An object's keys folded once (lower case, without `_`, `-`, `.` and `@`), for loose lookups:
+/// `eventName`, `event_name` and `EVENT-NAME` are all `eventname`.
+pub(crate) struct Loose<'a>(Vec<(String, &'a Value)>);
+
+impl<'a> Loose<'a> {
+    /// Folds the keys of `object`.
+    pub(crate) fn new(object: &'a Map<String, Value>) -> Self {
+        Loose(
+            object
+                .iter()
+                .map(|(k, v)| {
+                    let key: String = k
+                        .chars()
+                        .filter(|c| !matches!(c, '_' | '-' | '.' | '@'))
+                        .flat_map(char::to_lowercase)
+                        .collect();
+                    (key, v)
+                })
+                .collect(),
+        )
+    }
+
+    /// The value of the first key equal to `name` (already folded) that is not null.
+    pub(crate) fn get(&self, name: &str) -> Option<&'a Value> {
+        self.0
             .iter()
             .find(|(key, v)| key == name && !v.is_null())
             .map(|(_, v)| *v)
-    })
+    }
+
+    /// The first of `names` that holds a non-empty string.
+    pub(crate) fn text(&self, names: &[&str]) -> Option<String> {
+        names
+            .iter()
+            .find_map(|name| self.get(name).and_then(non_empty).map(str::to_string))
+    }
 }
 
 #[cfg(test)]
@@ -548,6 +582,14 @@ mod tests {
         let values = yaml_values("---\na: 2022-12-08T15:50:37Z\nb: '1.16'\n---\n").unwrap();
         assert_eq!(values.len(), 1);
         assert_eq!(values[0]["a"], "2022-12-08T15:50:37Z");
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_before_parsing() {
+        let deep = format!("a: {}1{}", "[".repeat(129), "]".repeat(129));
+        assert!(yaml_values(&deep).unwrap_err().contains("deeper than 128"));
+        let fine = format!("a: {}1{}", "[".repeat(100), "]".repeat(100));
+        assert!(yaml_values(&fine).is_ok());
     }
 
     #[test]
