@@ -20,7 +20,7 @@ use clap::Args;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditRecord;
+use crate::audit::RecordKind;
 use crate::config::Config;
 use crate::embedded::EmbeddedNats;
 use crate::engine;
@@ -239,7 +239,7 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
     // 3. Latency at a fixed offered rate: publish time to the run's audit record.
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut sub = client
-        .subscribe(format!("{}.run", config.engine.names.audit_subject))
+        .subscribe(format!("{}.records", config.engine.names.audit_subject))
         .await?;
     let total = usize::try_from(a.rate.saturating_mul(a.seconds)).unwrap_or(usize::MAX);
     let seen = sent.clone();
@@ -252,11 +252,15 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
                 _ = &mut deadline => break,
                 m = sub.next() => {
                     let Some(m) = m else { break };
-                    let Ok(r) = serde_json::from_slice::<AuditRecord>(&m.payload) else { continue };
-                    let Some(id) = r.event_id else { continue };
-                    let t = seen.lock().ok().and_then(|mut s| s.remove(&id));
-                    if let Some(t) = t {
-                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    for r in crate::audit::parse_message(&m.payload) {
+                        if r.record != RecordKind::Run {
+                            continue;
+                        }
+                        let Some(id) = r.event_id else { continue };
+                        let t = seen.lock().ok().and_then(|mut s| s.remove(&id));
+                        if let Some(t) = t {
+                            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
                     }
                 }
             }

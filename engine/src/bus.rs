@@ -290,18 +290,17 @@ impl Processor {
                 return self.dead_letter(subject, payload, pos, code, &reason, summary).await;
             }
         };
-        let mut audit = self.audit.batch();
+        let mut audit = self.audit.batch(format!("ev:{}:{}", pos.stream, pos.seq));
         for (index, event) in events.iter().enumerate() {
             let view = EventView::new(event);
             let (matched, errors) = self.matcher.matches(&view, self.runner.sandbox());
-            let scope = format!("ev:{}:{}:{index}", pos.stream, pos.seq);
             for (pb, reason) in &errors {
                 self.metrics.condition_errors.inc();
                 let mut rec = AuditRecord::new(RecordKind::ConditionError, "error", self.now_text(), &self.runner.settings().replica);
                 rec.event_id = Some(event.id.clone());
                 rec.playbook = Some(pb.name.clone());
                 rec.reason = Some(reason.clone());
-                audit.emit(&format!("{scope}:{}", pb.name), rec).await?;
+                audit.add(rec);
             }
             if matched.is_empty() {
                 self.metrics.events_unmatched.inc();
@@ -317,7 +316,7 @@ impl Processor {
             rec.event_id = Some(event.id.clone());
             rec.event = Some(summary.clone());
             rec.matched = Some(matched.iter().map(|p| p.name.clone()).collect());
-            audit.emit(&scope, rec).await?;
+            audit.add(rec);
             for pb in matched {
                 let id = run_id(pos, index, &pb.name);
                 let span = tracing::info_span!("run", run_id = %id, playbook = %pb.name, event_id = %event.id);
@@ -327,7 +326,7 @@ impl Processor {
                     .await?;
             }
         }
-        audit.flush().await?;
+        audit.commit().await?;
         Ok(Settled::Processed)
     }
 
@@ -362,13 +361,13 @@ impl Processor {
             .map_err(|e| crate::audit::AuditError(format!("dead-letter publish: {e}")))?;
         ack.await
             .map_err(|e| crate::audit::AuditError(format!("dead-letter not stored: {e}")))?;
-        let mut audit = self.audit.batch();
+        let mut audit = self.audit.batch(format!("dl:{}:{}", pos.stream, pos.seq));
         let mut rec = AuditRecord::new(RecordKind::Rejected, "rejected", self.now_text(), &self.runner.settings().replica);
         rec.reason = Some(reason.to_owned());
         rec.output = Some(serde_json::json!({ "code": code, "deadletter_subject": dl_subject_for_record }));
         rec.event = Some(summary);
-        audit.emit(&format!("dl:{}:{}", pos.stream, pos.seq), rec).await?;
-        audit.flush().await?;
+        audit.add(rec);
+        audit.commit().await?;
         Ok(Settled::DeadLettered)
     }
 }

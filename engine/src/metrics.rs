@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Processing failures that left a message for redelivery (NATS, KV or audit trouble).
     pub redeliveries: Counter,
     ready: AtomicBool,
+    run_counters: Vec<(&'static str, Counter)>,
+    step_counters: Vec<(&'static str, Counter)>,
 }
 
 impl Default for Metrics {
@@ -83,7 +85,17 @@ impl Metrics {
         registry.register("run_latency_seconds", "Duration of a playbook run", run_latency.clone());
         registry.register("in_flight", "Messages being processed", in_flight.clone());
         registry.register("processing_failures", "Messages left for redelivery after a NATS, KV or audit failure", redeliveries.clone());
+        let premade = |family: &Family<Labels, Counter>, names: &[&'static str]| {
+            names
+                .iter()
+                .map(|n| (*n, family.get_or_create(&Metrics::label("outcome", n)).clone()))
+                .collect::<Vec<_>>()
+        };
+        let run_counters = premade(&runs, &["ok", "failed", "planned", "suppressed", "limited"]);
+        let step_counters = premade(&steps, &["ok", "failed", "skipped", "planned"]);
         Metrics {
+            run_counters,
+            step_counters,
             registry,
             events_received,
             events_matched,
@@ -97,6 +109,27 @@ impl Metrics {
             in_flight,
             redeliveries,
             ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a run by outcome (the usual outcomes without a label lookup).
+    pub fn count_run(&self, outcome: &str) {
+        Self::count(&self.runs, &self.run_counters, outcome);
+    }
+
+    /// Counts a step by outcome.
+    pub fn count_step(&self, outcome: &str) {
+        Self::count(&self.steps, &self.step_counters, outcome);
+    }
+
+    fn count(family: &Family<Labels, Counter>, premade: &[(&'static str, Counter)], outcome: &str) {
+        match premade.iter().find(|(n, _)| *n == outcome) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                family.get_or_create(&Metrics::label("outcome", outcome)).inc();
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use crate::matcher::EventView;
 use crate::metrics::Metrics;
 use crate::playbook::{Mode, OnError, Playbook, Step};
 use crate::script::{glob_match, json_to_dynamic, Sandbox};
-use crate::state::{kv_key, Claim, RunState, StateError, StateStore};
+use crate::state::{kv_key, Claim, StateError, StateStore};
 
 /// A run could not be carried to its end because shared state or the audit trail failed; the
 /// event is left unacknowledged so it is delivered again.
@@ -50,8 +50,6 @@ pub enum RunOutcome {
     Suppressed,
     /// Refused by the playbook's limit.
     Limited,
-    /// Already recorded by an earlier delivery.
-    AlreadyRecorded,
 }
 
 impl RunOutcome {
@@ -63,7 +61,6 @@ impl RunOutcome {
             RunOutcome::Planned => "planned",
             RunOutcome::Suppressed => "suppressed",
             RunOutcome::Limited => "limited",
-            RunOutcome::AlreadyRecorded => "already_recorded",
         }
     }
 }
@@ -225,21 +222,13 @@ impl Runner {
             steps: Vec::new(),
             reason: None,
         };
-        let prior = self.state.run_state(run_id).await?;
-        if prior == Some(RunState::Done) {
-            report.outcome = RunOutcome::AlreadyRecorded;
-            return Ok(report);
-        }
         if let Err(reason) = self.eval_vars(&mut run) {
-            return self.finish(run, report, RunOutcome::Failed, Some(reason), audit, started).await;
+            return Ok(self.finish(run, report, RunOutcome::Failed, Some(reason), audit, started));
         }
-        if prior.is_none() {
-            if let Some(outcome) = self.admit(&run, audit, &mut report).await? {
-                self.metrics.runs.get_or_create(&Metrics::label("outcome", outcome.as_str())).inc();
-                report.outcome = outcome;
-                return Ok(report);
-            }
-            self.state.set_run_state(run_id, RunState::Admitted).await?;
+        if let Some(outcome) = self.admit(&run, audit, &mut report).await? {
+            self.metrics.count_run(outcome.as_str());
+            report.outcome = outcome;
+            return Ok(report);
         }
         let mut aborted: Option<String> = None;
         for step in &pb.steps {
@@ -253,12 +242,12 @@ impl Runner {
                     reason: Some(format!("not run: {why}")),
                     notify: false,
                 };
-                self.emit_step(&mut run, step, r, None, audit).await?;
+                self.emit_step(&mut run, step, r, None, audit);
                 continue;
             }
             let (r, attempts) = self.step(&mut run, step, false, audit).await?;
             let failed = r.outcome == StepOutcome::Failed;
-            self.emit_step(&mut run, step, r, attempts, audit).await?;
+            self.emit_step(&mut run, step, r, attempts, audit);
             if failed && step.on_error == OnError::Abort {
                 aborted = Some(format!("step `{}` failed", step.id));
             }
@@ -272,13 +261,13 @@ impl Runner {
         };
         for step in &pb.notify {
             let (r, attempts) = self.notify(&mut run, step, outcome, audit).await?;
-            self.emit_step(&mut run, step, r, attempts, audit).await?;
+            self.emit_step(&mut run, step, r, attempts, audit);
         }
         let reason = aborted;
-        self.finish(run, report, outcome, reason, audit, started).await
+        Ok(self.finish(run, report, outcome, reason, audit, started))
     }
 
-    async fn finish(
+    fn finish(
         &self,
         run: RunCtx<'_>,
         mut report: RunReport,
@@ -286,20 +275,18 @@ impl Runner {
         reason: Option<String>,
         audit: &mut AuditBatch,
         started: Instant,
-    ) -> Result<RunReport, RunError> {
+    ) -> RunReport {
         let elapsed = started.elapsed();
         let mut rec = self.record(RecordKind::Run, outcome.as_str(), &run);
         rec.reason = reason.clone();
         rec.duration_ms = Some(elapsed.as_secs_f64() * 1000.0);
-        audit.emit(run.run_id, rec).await?;
-        audit.flush().await?;
-        self.state.set_run_state(run.run_id, RunState::Done).await?;
-        self.metrics.runs.get_or_create(&Metrics::label("outcome", outcome.as_str())).inc();
+        audit.add(rec);
+        self.metrics.count_run(outcome.as_str());
         self.metrics.run_latency.observe(elapsed.as_secs_f64());
         report.outcome = outcome;
         report.reason = reason;
         report.steps = run.reports;
-        Ok(report)
+        report
     }
 
     /// Dedup and the playbook's limit. `Some(outcome)` when the run may not go on.
@@ -328,7 +315,7 @@ impl Runner {
                 );
                 let mut rec = self.record(RecordKind::Dedup, "suppressed", run);
                 rec.reason = Some(reason.clone());
-                audit.emit(run.run_id, rec).await?;
+                audit.add(rec);
                 report.reason = Some(reason);
                 return Ok(Some(RunOutcome::Suppressed));
             }
@@ -345,7 +332,7 @@ impl Runner {
                 );
                 let mut rec = self.record(RecordKind::Limit, "limited", run);
                 rec.reason = Some(reason.clone());
-                audit.emit(run.run_id, rec).await?;
+                audit.add(rec);
                 report.reason = Some(reason);
                 return Ok(Some(RunOutcome::Limited));
             }
@@ -364,14 +351,14 @@ impl Runner {
         Ok(())
     }
 
-    async fn emit_step(
+    fn emit_step(
         &self,
         run: &mut RunCtx<'_>,
         step: &Step,
         r: StepReport,
         attempts: Option<u32>,
         audit: &mut AuditBatch,
-    ) -> Result<(), RunError> {
+    ) {
         let kind = if r.notify { RecordKind::Notify } else { RecordKind::Step };
         let mut rec = self.record(kind, r.outcome.as_str(), run);
         rec.step = Some(step.id.clone());
@@ -380,8 +367,8 @@ impl Runner {
         rec.output = r.output.clone();
         rec.reason = r.reason.clone();
         rec.attempts = attempts;
-        audit.emit(run.run_id, rec).await?;
-        self.metrics.steps.get_or_create(&Metrics::label("outcome", r.outcome.as_str())).inc();
+        audit.add(rec);
+        self.metrics.count_step(r.outcome.as_str());
         if r.outcome == StepOutcome::Failed && !r.notify {
             run.failed = true;
         }
@@ -393,7 +380,6 @@ impl Runner {
         );
         run.steps.insert(step.id.as_str().into(), Dynamic::from_map(entry));
         run.reports.push(r);
-        Ok(())
     }
 
     async fn notify(
@@ -500,7 +486,7 @@ impl Runner {
                 rec.step = Some(step.id.clone());
                 rec.action = Some(r.action.clone());
                 rec.reason = Some(why.clone());
-                audit.emit(run.run_id, rec).await?;
+                audit.add(rec);
                 r.reason = Some(why);
                 return Ok((r, None));
             }
@@ -508,7 +494,7 @@ impl Runner {
             rec.step = Some(step.id.clone());
             rec.action = Some(r.action.clone());
             rec.args = r.args.clone();
-            audit.emit(run.run_id, rec).await?;
+            audit.publish_now(run.run_id, rec).await?;
         }
         let (result, attempts) = self.attempt(connector.as_ref(), step, &args).await;
         match result {

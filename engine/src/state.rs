@@ -1,8 +1,8 @@
-//! Shared run state: run admission, dedup claims and limit counters.
+//! Shared run state: dedup claims and limit counters.
 //!
 //! Kept in JetStream KV buckets ([`KvState`]) so every replica sees the same dedup windows and
-//! limits, and a redelivered event finds the run it already admitted instead of counting it
-//! twice; [`MemoryState`] serves `riposte test` and `explain`, which need no server. Values
+//! limits; a dedup key held by a run is granted again to the same run, so a redelivered event
+//! is not suppressed by its own first delivery. [`MemoryState`] serves `riposte test` and `explain`, which need no server. Values
 //! carry their own expiry, so windows of any length work whatever the bucket's age limit.
 
 use std::collections::HashMap;
@@ -22,16 +22,6 @@ use thiserror::Error;
 #[error("state store: {0}")]
 pub struct StateError(pub String);
 
-/// How far a run got, for redeliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    /// Passed dedup and limits; steps may have started.
-    Admitted,
-    /// Its outcome is recorded.
-    Done,
-}
-
 /// The answer to a dedup claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -49,10 +39,6 @@ pub enum Claim {
 /// Shared run state.
 #[async_trait]
 pub trait StateStore: Send + Sync + std::fmt::Debug {
-    /// How far a run got.
-    async fn run_state(&self, run_id: &str) -> Result<Option<RunState>, StateError>;
-    /// Records how far a run got.
-    async fn set_run_state(&self, run_id: &str, state: RunState) -> Result<(), StateError>;
     /// Claims a dedup key for `window`; a key held by the same run counts as granted.
     async fn claim(
         &self,
@@ -95,7 +81,6 @@ struct Held {
 /// State in memory, for commands that run without NATS.
 #[derive(Debug, Default)]
 pub struct MemoryState {
-    runs: Mutex<HashMap<String, RunState>>,
     claims: Mutex<HashMap<String, Held>>,
     slots: Mutex<HashMap<(String, i64), u32>>,
 }
@@ -106,18 +91,6 @@ fn poisoned<T>(_: T) -> StateError {
 
 #[async_trait]
 impl StateStore for MemoryState {
-    async fn run_state(&self, run_id: &str) -> Result<Option<RunState>, StateError> {
-        Ok(self.runs.lock().map_err(poisoned)?.get(run_id).copied())
-    }
-
-    async fn set_run_state(&self, run_id: &str, state: RunState) -> Result<(), StateError> {
-        self.runs
-            .lock()
-            .map_err(poisoned)?
-            .insert(run_id.to_owned(), state);
-        Ok(())
-    }
-
     async fn claim(
         &self,
         key: &str,
@@ -167,7 +140,6 @@ impl StateStore for MemoryState {
 /// State in JetStream KV buckets, shared by every replica.
 #[derive(Debug, Clone)]
 pub struct KvState {
-    runs: kv::Store,
     dedup: kv::Store,
     limits: kv::Store,
 }
@@ -178,7 +150,7 @@ const CAS_TRIES: usize = 32;
 const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl KvState {
-    /// Opens (creating when missing) the buckets `<prefix>-runs`, `-dedup` and `-limits`.
+    /// Opens (creating when missing) the buckets `<prefix>-dedup` and `<prefix>-limits`.
     pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<KvState, StateError> {
         let open = |name: String| async move {
             match js.get_key_value(&name).await {
@@ -195,7 +167,6 @@ impl KvState {
             }
         };
         Ok(KvState {
-            runs: open(format!("{prefix}-runs")).await?,
             dedup: open(format!("{prefix}-dedup")).await?,
             limits: open(format!("{prefix}-limits")).await?,
         })
@@ -208,24 +179,6 @@ fn kv_err(what: &str, e: impl std::fmt::Display) -> StateError {
 
 #[async_trait]
 impl StateStore for KvState {
-    async fn run_state(&self, run_id: &str) -> Result<Option<RunState>, StateError> {
-        let value = self
-            .runs
-            .get(run_id)
-            .await
-            .map_err(|e| kv_err("read run state", e))?;
-        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
-    }
-
-    async fn set_run_state(&self, run_id: &str, state: RunState) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(&state).map_err(|e| kv_err("encode run state", e))?;
-        self.runs
-            .put(run_id, bytes.into())
-            .await
-            .map_err(|e| kv_err("write run state", e))?;
-        Ok(())
-    }
-
     async fn claim(
         &self,
         key: &str,

@@ -81,7 +81,7 @@ impl Simulator {
                 let v = verdict(pb, &view, self.runner.sandbox(), &mut scope);
                 let run = if v.is_match() {
                     let sink = AuditSink::memory();
-                    let mut batch = sink.batch();
+                    let mut batch = sink.batch("plan");
                     let run_id = format!("plan-{index}-{}", pb.name);
                     // Memory state and a memory sink cannot fail.
                     self.runner.run(pb, &view, &run_id, &mut batch).await.ok()

@@ -1,17 +1,17 @@
 //! The audit trail: one JSON record per decision and per step, in a JetStream stream.
 //!
 //! Owns [`AuditRecord`] (its schema is `schemas/audit.schema.json`) and the sinks records go
-//! to. Records of one event are published without waiting, each with a `Nats-Msg-Id` derived
-//! from the run and the step, so a redelivered event whose records were already stored does not
-//! store them twice; [`AuditBatch::confirm`] waits for every acknowledgement before the event's
-//! message is acknowledged. Records never hold secrets: only event-derived values and the
-//! arguments the playbook rendered.
+//! to. The records of one bus message (its events, their runs, steps and notifications) are
+//! stored together as one audit message of JSON Lines whose `Nats-Msg-Id` is the message's
+//! stream position: a redelivered message's records are stored once, and never half. The
+//! bus acknowledges a message only after [`AuditBatch::commit`] returns. Records never hold
+//! secrets: only event-derived values and the arguments the playbook rendered.
 
 pub mod read;
 
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -181,12 +181,16 @@ pub enum AuditSink {
     JetStream {
         /// The JetStream context.
         js: jetstream::Context,
-        /// Subject prefix; records go to `<prefix>.<kind>`.
+        /// Subject prefix: batches go to `<prefix>.records`, records published ahead of their
+        /// batch to `<prefix>.started`.
         subject: String,
     },
     /// Memory, for `riposte test` and `explain`.
     Memory(Arc<Mutex<Vec<AuditRecord>>>),
 }
+
+/// Largest audit message; a batch over it is split into several messages.
+const MAX_MESSAGE: usize = 512 * 1024;
 
 impl AuditSink {
     /// A fresh memory sink.
@@ -202,55 +206,99 @@ impl AuditSink {
         }
     }
 
-    /// Starts a batch of records.
-    pub fn batch(&self) -> AuditBatch {
+    /// Starts the batch of one message's records; `id` (the message's stream position) becomes
+    /// the audit message's `Nats-Msg-Id`, so a redelivered message's batch is stored once.
+    pub fn batch(&self, id: impl Into<String>) -> AuditBatch {
         AuditBatch {
             sink: self.clone(),
-            pending: Vec::new(),
+            id: id.into(),
+            records: Vec::new(),
         }
+    }
+
+    async fn publish(&self, subject_suffix: &str, id: String, body: Vec<u8>) -> Result<(), AuditError> {
+        let AuditSink::JetStream { js, subject } = self else {
+            return Ok(());
+        };
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(body.into())
+            .message_id(id);
+        js.send_publish(format!("{subject}.{subject_suffix}"), publish)
+            .await
+            .map_err(|e| AuditError(format!("cannot publish audit records: {e}")))?
+            .await
+            .map_err(|e| AuditError(format!("audit records were not stored: {e}")))?;
+        Ok(())
     }
 }
 
-/// The records of one event: published as they come, confirmed together.
+/// The records of one message, stored together as one audit message (JSON Lines, one record
+/// per line): either all of them are in the audit stream or none.
 #[derive(Debug)]
 pub struct AuditBatch {
     sink: AuditSink,
-    pending: Vec<PublishAckFuture>,
+    id: String,
+    records: Vec<AuditRecord>,
 }
 
 impl AuditBatch {
-    /// Publishes a record without waiting for its acknowledgement. `scope` (the run id, or the
-    /// event's stream position) makes its message id.
-    pub async fn emit(&mut self, scope: &str, record: AuditRecord) -> Result<(), AuditError> {
+    /// Adds a record to the batch.
+    pub fn add(&mut self, record: AuditRecord) {
+        self.records.push(record);
+    }
+
+    /// Stores a record at once, ahead of its batch (before a destructive action runs, so the
+    /// attempt is on record even if the engine dies during it). It stays in the batch too.
+    pub async fn publish_now(&mut self, scope: &str, record: AuditRecord) -> Result<(), AuditError> {
+        if let AuditSink::JetStream { .. } = &self.sink {
+            let body = serde_json::to_vec(&record)
+                .map_err(|e| AuditError(format!("cannot encode a record: {e}")))?;
+            self.sink.publish("started", record.dedup_id(scope), body).await?;
+        }
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// Stores the batch and waits until it is stored.
+    pub async fn commit(self) -> Result<(), AuditError> {
         match &self.sink {
             AuditSink::Memory(m) => {
                 if let Ok(mut v) = m.lock() {
-                    v.push(record);
+                    v.extend(self.records);
                 }
                 Ok(())
             }
-            AuditSink::JetStream { js, subject } => {
-                let body = serde_json::to_vec(&record)
-                    .map_err(|e| AuditError(format!("cannot encode a record: {e}")))?;
-                let publish = jetstream::message::PublishMessage::build()
-                    .payload(body.into())
-                    .message_id(record.dedup_id(scope));
-                let ack = js
-                    .send_publish(format!("{subject}.{}", record.record.as_str()), publish)
-                    .await
-                    .map_err(|e| AuditError(format!("cannot publish a record: {e}")))?;
-                self.pending.push(ack);
+            AuditSink::JetStream { .. } => {
+                let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
+                for r in &self.records {
+                    let line = serde_json::to_vec(r)
+                        .map_err(|e| AuditError(format!("cannot encode a record: {e}")))?;
+                    let fits = parts.last().is_some_and(|p| p.len() + line.len() < MAX_MESSAGE);
+                    if !fits {
+                        parts.push(Vec::new());
+                    }
+                    if let Some(p) = parts.last_mut() {
+                        p.extend_from_slice(&line);
+                        p.push(b'\n');
+                    }
+                }
+                let many = parts.len() > 1;
+                for (i, body) in parts.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
+                    let id = if many { format!("{}#{i}", self.id) } else { self.id.clone() };
+                    self.sink.publish("records", id, body).await?;
+                }
                 Ok(())
             }
         }
     }
+}
 
-    /// Waits until every record emitted so far is stored.
-    pub async fn flush(&mut self) -> Result<(), AuditError> {
-        for ack in self.pending.drain(..) {
-            ack.await
-                .map_err(|e| AuditError(format!("a record was not stored: {e}")))?;
-        }
-        Ok(())
-    }
+/// Splits an audit message into its records (one JSON record per line); lines that are not
+/// records are skipped.
+pub fn parse_message(payload: &[u8]) -> Vec<AuditRecord> {
+    payload
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect()
 }

@@ -91,17 +91,16 @@ pub async fn read(q: Query, shutdown: CancellationToken) -> Result<i32> {
             let Ok(msg) = msg else { break };
             got += 1;
             pending = msg.info().map(|i| i.pending).unwrap_or(0);
-            let Ok(record) = serde_json::from_slice::<AuditRecord>(&msg.payload) else {
-                continue;
-            };
-            if !q.keeps(&record) {
-                continue;
-            }
-            shown += 1;
-            if q.json {
-                writeln!(out, "{}", serde_json::to_string(&record)?)?;
-            } else {
-                writeln!(out, "{}", line(&record))?;
+            for record in super::parse_message(&msg.payload) {
+                if !q.keeps(&record) {
+                    continue;
+                }
+                shown += 1;
+                if q.json {
+                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                } else {
+                    writeln!(out, "{}", line(&record))?;
+                }
             }
         }
         out.flush()?;
