@@ -147,10 +147,14 @@ fn tempfile_dir() -> Result<PathBuf> {
 pub struct Figures {
     /// Plain pull consumer with ack, events per second.
     pub raw_consumer_per_sec: f64,
+    /// The same consumer storing one audit-sized message per event before its ack.
+    pub io_ceiling_per_sec: f64,
     /// The engine, events per second.
     pub engine_per_sec: f64,
     /// engine / raw.
     pub ratio: f64,
+    /// engine / I/O ceiling.
+    pub ratio_to_ceiling: f64,
     /// Offered rate of the latency run.
     pub offered_per_sec: u64,
     /// Events measured in the latency run.
@@ -213,7 +217,11 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
     drop(msgs);
     js.delete_stream("BENCH_RAW").await?;
 
-    // 2. The engine draining the same number of events.
+    // 2. The ceiling of any engine that stores one audit message per event before its ack: the
+    //    same consumer, the same concurrency as the engine, one stored publish per event.
+    let ceiling_rate = io_ceiling(&js, a.events, &bodies("benchceil.warning", a.events, 0)).await?;
+
+    // 3. The engine draining the same number of events.
     let pb_dir = work.join("playbooks");
     std::fs::create_dir_all(&pb_dir)?;
     write_playbooks(&pb_dir, a.playbooks)?;
@@ -236,7 +244,7 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
     wait_acked(&js, &config, first, Duration::from_secs(600)).await?;
     let engine_rate = a.events as f64 / started.elapsed().as_secs_f64();
 
-    // 3. Latency at a fixed offered rate: publish time to the run's audit record.
+    // 4. Latency at a fixed offered rate: publish time to the run's audit record.
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut sub = client
         .subscribe(format!("{}.records", config.engine.names.audit_subject))
@@ -305,8 +313,10 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
     };
     Ok(Figures {
         raw_consumer_per_sec: raw_rate,
+        io_ceiling_per_sec: ceiling_rate,
         engine_per_sec: engine_rate,
         ratio: engine_rate / raw_rate,
+        ratio_to_ceiling: engine_rate / ceiling_rate,
         offered_per_sec: a.rate,
         latency_samples: lat.len(),
         p50_ms: pct(0.50),
@@ -314,6 +324,71 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
         rss_mib: rss_mib(),
     })
+}
+
+/// Drains `n` events with 256 in flight, each storing a 1.2 KB message with a message id and
+/// waiting for it before acknowledging: the engine's I/O without the engine.
+async fn io_ceiling(js: &jetstream::Context, n: usize, bodies: &[(String, Vec<u8>)]) -> Result<f64> {
+    js.create_or_update_stream(stream::Config {
+        name: "BENCH_CEIL_IN".into(),
+        subjects: vec!["benchceil.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    js.create_or_update_stream(stream::Config {
+        name: "BENCH_CEIL_OUT".into(),
+        subjects: vec!["benchaudit.>".into()],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    publish_all(js, bodies.to_vec()).await?;
+    let consumer = js
+        .get_stream("BENCH_CEIL_IN")
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("ceiling".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 1024,
+            ..Default::default()
+        })
+        .await?;
+    let audit = Arc::new(vec![b'x'; 1200]);
+    let permits = Arc::new(tokio::sync::Semaphore::new(256));
+    let started = Instant::now();
+    let mut msgs = consumer.stream().max_messages_per_batch(256).messages().await?;
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = permits.clone().acquire_owned().await?;
+        let Some(Ok(m)) = msgs.next().await else {
+            bail!("the ceiling consumer stopped early");
+        };
+        let js = js.clone();
+        let audit = audit.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(audit.as_ref().clone().into())
+                .message_id(format!("ceil:{seq}"));
+            let stored = match js.send_publish("benchaudit.records", publish).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            stored && m.ack().await.is_ok()
+        }));
+    }
+    let mut ok = 0usize;
+    for t in tasks {
+        if t.await.unwrap_or(false) {
+            ok += 1;
+        }
+    }
+    let rate = ok as f64 / started.elapsed().as_secs_f64();
+    drop(msgs);
+    js.delete_stream("BENCH_CEIL_IN").await?;
+    js.delete_stream("BENCH_CEIL_OUT").await?;
+    Ok(rate)
 }
 
 /// Waits until the shared consumer has acknowledged everything up to `last`.
@@ -356,8 +431,10 @@ fn print_table(a: &BenchArgs, f: &Figures) {
     println!("| measure | value |");
     println!("|---|---|");
     println!("| raw JetStream pull consumer (ack each) | {:.0} events/s |", f.raw_consumer_per_sec);
+    println!("| same consumer + one stored audit-sized publish per event (I/O ceiling) | {:.0} events/s |", f.io_ceiling_per_sec);
     println!("| engine (normalize, match, run, audit, ack) | {:.0} events/s |", f.engine_per_sec);
     println!("| engine / raw | {:.2} |", f.ratio);
+    println!("| engine / I/O ceiling | {:.2} |", f.ratio_to_ceiling);
     println!("| publish-to-audit latency at {}/s, p50 | {:.2} ms |", f.offered_per_sec, f.p50_ms);
     println!("| publish-to-audit latency at {}/s, p99 | {:.2} ms |", f.offered_per_sec, f.p99_ms);
     println!("| publish-to-audit latency, max | {:.2} ms |", f.max_ms);

@@ -292,7 +292,7 @@ impl Processor {
         };
         let mut audit = self.audit.batch(format!("ev:{}:{}", pos.stream, pos.seq));
         for (index, event) in events.iter().enumerate() {
-            let view = EventView::new(event);
+            let view = EventView::new(event, self.matcher.needs_data());
             let (matched, errors) = self.matcher.matches(&view, self.runner.sandbox());
             for (pb, reason) in &errors {
                 self.metrics.condition_errors.inc();

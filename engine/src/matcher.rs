@@ -20,14 +20,17 @@ use crate::script::{event_to_dynamic, Sandbox};
 pub struct EventView<'a> {
     /// The event.
     pub event: &'a Event,
+    with_data: bool,
     dynamic: OnceLock<Dynamic>,
 }
 
 impl<'a> EventView<'a> {
-    /// Wraps an event.
-    pub fn new(event: &'a Event) -> Self {
+    /// Wraps an event; `with_data` says whether `event.data` must be converted too (only when a
+    /// playbook may read it: see [`Matcher::needs_data`]).
+    pub fn new(event: &'a Event, with_data: bool) -> Self {
         EventView {
             event,
+            with_data,
             dynamic: OnceLock::new(),
         }
     }
@@ -35,7 +38,7 @@ impl<'a> EventView<'a> {
     /// The event as a Rhai value (shared: clones are cheap).
     pub fn dynamic(&self) -> &Dynamic {
         self.dynamic
-            .get_or_init(|| event_to_dynamic(self.event).into_shared())
+            .get_or_init(|| event_to_dynamic(self.event, self.with_data).into_shared())
     }
 
     /// A scope with `event` declared (constant).
@@ -77,6 +80,7 @@ struct SourceIndex {
 pub struct Matcher {
     playbooks: Vec<Arc<Playbook>>,
     by_source: HashMap<Source, SourceIndex>,
+    needs_data: bool,
 }
 
 impl Matcher {
@@ -101,9 +105,15 @@ impl Matcher {
             }
         }
         Matcher {
+            needs_data: playbooks.iter().any(|p| p.uses_data),
             playbooks,
             by_source,
         }
+    }
+
+    /// Whether any playbook may read `event.data`.
+    pub fn needs_data(&self) -> bool {
+        self.needs_data
     }
 
     /// Every playbook, in load order.

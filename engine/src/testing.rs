@@ -74,7 +74,7 @@ impl Simulator {
         let events = formats::normalize(format, payload, Utc::now())?;
         let mut out = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
-            let view = EventView::new(&event);
+            let view = EventView::new(&event, true);
             let mut decisions = Vec::new();
             let mut scope = None;
             for pb in self.matcher.playbooks() {

@@ -35,13 +35,13 @@ pub(super) fn normalize(
 ) -> Result<Vec<Event>, FormatError> {
     let docs = util::json_docs(payload)?;
     let count = docs.len();
-    docs.iter()
+    docs.into_iter()
         .enumerate()
         .map(|(i, doc)| alert(doc, received).map_err(|e| util::at_doc(i, count, e)))
         .collect()
 }
 
-fn alert(doc: &Doc<'_>, received: DateTime<Utc>) -> Result<Event, FormatError> {
+fn alert(doc: Doc<'_>, received: DateTime<Utc>) -> Result<Event, FormatError> {
     let object = util::object(FORMAT, &doc.value, "a Falco alert")?;
     let rule = required_string(object, "rule")?;
     let priority_text = required_string(object, "priority")?;
@@ -71,7 +71,8 @@ fn alert(doc: &Doc<'_>, received: DateTime<Utc>) -> Result<Event, FormatError> {
     let internal = source.eq_ignore_ascii_case("internal")
         || rule.to_ascii_lowercase().starts_with("falco internal:");
 
-    let mut event = util::blank(FORMAT, kind(source, internal), doc.value.clone());
+    // The payload moves into `data` once everything is read from it.
+    let mut event = util::blank(FORMAT, kind(source, internal), Value::Null);
     event.id = match util::get_ci(object, "uuid").and_then(util::non_empty) {
         Some(uuid) => uuid.to_string(),
         None => doc.hash_id(),
@@ -120,6 +121,7 @@ fn alert(doc: &Doc<'_>, received: DateTime<Utc>) -> Result<Event, FormatError> {
             .labels
             .insert(format!("tag:{tag}"), "true".to_string());
     }
+    event.data = doc.value;
     Ok(event)
 }
 

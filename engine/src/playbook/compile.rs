@@ -145,7 +145,8 @@ pub fn load_file(
         sandbox,
         problems: Vec::new(),
     };
-    let playbook = c.playbook(doc);
+    let mut playbook = c.playbook(doc);
+    playbook.uses_data = text.contains("data");
     if c.problems.is_empty() {
         Ok(playbook)
     } else {
@@ -317,6 +318,7 @@ impl Compiler<'_> {
             steps,
             notify,
             tests: spec.tests,
+            uses_data: true,
         }
     }
 
@@ -341,9 +343,9 @@ impl Compiler<'_> {
         })
     }
 
-    fn vars(&mut self, vars: &serde_json::Map<String, Value>) -> Vec<(String, ValueTemplate)> {
+    fn vars(&mut self, vars: &super::spec::OrderedMap) -> Vec<(String, ValueTemplate)> {
         let mut out = Vec::new();
-        for (name, value) in vars {
+        for (name, value) in &vars.0 {
             let path = format!("spec.vars.{name}");
             if !valid_step_id(name) {
                 self.report(&path, format!("var name `{name}` must match [a-z][a-z0-9_]*"));

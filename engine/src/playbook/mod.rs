@@ -137,6 +137,9 @@ pub struct Playbook {
     pub notify: Vec<Step>,
     /// Test cases.
     pub tests: Vec<TestSpec>,
+    /// Whether any of its expressions may read `event.data` (the word appears in the file), so
+    /// the payload must be converted for Rhai.
+    pub uses_data: bool,
 }
 
 impl Playbook {

@@ -75,7 +75,7 @@ pub struct Spec {
     pub matching: MatchSpec,
     /// Named values computed once per run, in order: Rhai expressions (strings) or literals.
     #[serde(default)]
-    pub vars: Map<String, Value>,
+    pub vars: OrderedMap,
     /// At most one run per key per window.
     #[serde(default)]
     pub dedup: Option<DedupSpec>,
@@ -233,4 +233,56 @@ pub struct ExpectSpec {
     /// Arguments some steps must get: step id to a map of expected values.
     #[serde(default)]
     pub args: BTreeMap<String, Map<String, Value>>,
+}
+
+/// A YAML mapping that keeps the order it was written in (`vars` are evaluated in order).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrderedMap(pub Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for OrderedMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OrderedMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of names to expressions")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedMap, A::Error> {
+                let mut entries: Vec<(String, Value)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if entries.iter().any(|(name, _)| *name == k) {
+                        return Err(serde::de::Error::custom(format!("`{k}` is defined twice")));
+                    }
+                    entries.push((k, v));
+                }
+                Ok(OrderedMap(entries))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+impl Serialize for OrderedMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl JsonSchema for OrderedMap {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Vars".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "description": "Names to Rhai expressions (strings) or literal values, evaluated in order.",
+            "additionalProperties": true
+        })
+    }
 }
