@@ -22,7 +22,8 @@ pub const ACTIONS: &[ActionSpec] = &[ActionSpec {
             name: "subject",
             ty: ParamType::String,
             required: true,
-            description: "The subject; no wildcards. Setting `subject_prefix` of the instance is prepended.",
+            description:
+                "The subject; no wildcards. Setting `subject_prefix` of the instance is prepended.",
         },
         ParamSpec {
             name: "payload",
@@ -168,7 +169,10 @@ mod tests {
             let err = connector(None)
                 .plan("publish", args.as_object().unwrap())
                 .unwrap_err();
-            assert!(matches!(err, ConnectorError::InvalidArgs { .. }), "{subject}");
+            assert!(
+                matches!(err, ConnectorError::InvalidArgs { .. }),
+                "{subject}"
+            );
         }
     }
 

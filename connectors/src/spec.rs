@@ -166,8 +166,14 @@ mod tests {
         let args = json!({"count": "three", "subjekt": "x"});
         let err = check_args(&SPEC, args.as_object().unwrap()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("missing required parameter `subject`"), "{msg}");
-        assert!(msg.contains("`count` must be of type integer, got string"), "{msg}");
+        assert!(
+            msg.contains("missing required parameter `subject`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("`count` must be of type integer, got string"),
+            "{msg}"
+        );
         assert!(msg.contains("unknown parameter `subjekt`"), "{msg}");
     }
 

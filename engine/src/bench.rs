@@ -177,7 +177,10 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
         (0..n)
             .map(|i| {
                 let rule = i % rules;
-                (format!("{prefix}.bench_rule_{rule}"), falco_payload(offset + i, rule))
+                (
+                    format!("{prefix}.bench_rule_{rule}"),
+                    falco_payload(offset + i, rule),
+                )
             })
             .collect()
     };
@@ -230,7 +233,13 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
     config.engine.replica = Some("bench".into());
     crate::bus::ensure_streams(&js, &config).await?;
     publish_all(&js, bodies("falco.warning", a.events, 0)).await?;
-    let first = js.get_stream(&config.engine.names.events_stream).await?.info().await?.state.last_sequence;
+    let first = js
+        .get_stream(&config.engine.names.events_stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let engine_task = tokio::spawn(engine::run(
@@ -287,9 +296,12 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
             s.insert(format!("bench-{}", offset + i), Instant::now());
         }
         pending.push(
-            js.publish(format!("falco.warning.bench_rule_{rule}"), falco_payload(offset + i, rule).into())
-                .await?
-                .into_future(),
+            js.publish(
+                format!("falco.warning.bench_rule_{rule}"),
+                falco_payload(offset + i, rule).into(),
+            )
+            .await?
+            .into_future(),
         );
         while pending.len() > 256 {
             if let Some(r) = pending.next().await {
@@ -328,7 +340,11 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
 
 /// Drains `n` events with 256 in flight, each storing a 1.2 KB message with a message id and
 /// waiting for it before acknowledging: the engine's I/O without the engine.
-async fn io_ceiling(js: &jetstream::Context, n: usize, bodies: &[(String, Vec<u8>)]) -> Result<f64> {
+async fn io_ceiling(
+    js: &jetstream::Context,
+    n: usize,
+    bodies: &[(String, Vec<u8>)],
+) -> Result<f64> {
     js.create_or_update_stream(stream::Config {
         name: "BENCH_CEIL_IN".into(),
         subjects: vec!["benchceil.>".into()],
@@ -356,7 +372,11 @@ async fn io_ceiling(js: &jetstream::Context, n: usize, bodies: &[(String, Vec<u8
     let audit = Arc::new(vec![b'x'; 1200]);
     let permits = Arc::new(tokio::sync::Semaphore::new(256));
     let started = Instant::now();
-    let mut msgs = consumer.stream().max_messages_per_batch(256).messages().await?;
+    let mut msgs = consumer
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await?;
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let permit = permits.clone().acquire_owned().await?;
@@ -392,7 +412,12 @@ async fn io_ceiling(js: &jetstream::Context, n: usize, bodies: &[(String, Vec<u8
 }
 
 /// Waits until the shared consumer has acknowledged everything up to `last`.
-async fn wait_acked(js: &jetstream::Context, config: &Config, last: u64, within: Duration) -> Result<()> {
+async fn wait_acked(
+    js: &jetstream::Context,
+    config: &Config,
+    last: u64,
+    within: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         if Instant::now() > deadline {
@@ -427,16 +452,31 @@ fn rss_mib() -> f64 {
 }
 
 fn print_table(a: &BenchArgs, f: &Figures) {
-    println!("riposte bench: {} playbooks, {} events, log connector", a.playbooks, a.events);
+    println!(
+        "riposte bench: {} playbooks, {} events, log connector",
+        a.playbooks, a.events
+    );
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| raw JetStream pull consumer (ack each) | {:.0} events/s |", f.raw_consumer_per_sec);
+    println!(
+        "| raw JetStream pull consumer (ack each) | {:.0} events/s |",
+        f.raw_consumer_per_sec
+    );
     println!("| same consumer + one stored audit-sized publish per event (I/O ceiling) | {:.0} events/s |", f.io_ceiling_per_sec);
-    println!("| engine (normalize, match, run, audit, ack) | {:.0} events/s |", f.engine_per_sec);
+    println!(
+        "| engine (normalize, match, run, audit, ack) | {:.0} events/s |",
+        f.engine_per_sec
+    );
     println!("| engine / raw | {:.2} |", f.ratio);
     println!("| engine / I/O ceiling | {:.2} |", f.ratio_to_ceiling);
-    println!("| publish-to-audit latency at {}/s, p50 | {:.2} ms |", f.offered_per_sec, f.p50_ms);
-    println!("| publish-to-audit latency at {}/s, p99 | {:.2} ms |", f.offered_per_sec, f.p99_ms);
+    println!(
+        "| publish-to-audit latency at {}/s, p50 | {:.2} ms |",
+        f.offered_per_sec, f.p50_ms
+    );
+    println!(
+        "| publish-to-audit latency at {}/s, p99 | {:.2} ms |",
+        f.offered_per_sec, f.p99_ms
+    );
     println!("| publish-to-audit latency, max | {:.2} ms |", f.max_ms);
     println!("| latency samples | {} |", f.latency_samples);
     println!("| resident memory after the runs | {:.0} MiB |", f.rss_mib);

@@ -17,9 +17,9 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tracing::Instrument;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::audit::{AuditRecord, AuditSink, EventSummary, RecordKind};
 use crate::clock::Clock;
@@ -66,7 +66,11 @@ pub const ACK_WAIT: Duration = Duration::from_secs(60);
 pub const AUDIT_DEDUP_WINDOW: Duration = Duration::from_secs(30 * 60);
 
 /// Connects to NATS with the config's credentials and TLS (secrets read from their files).
-pub async fn connect(cfg: &NatsConfig, url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+pub async fn connect(
+    cfg: &NatsConfig,
+    url: &str,
+    name: &str,
+) -> Result<async_nats::Client, BusError> {
     let fail = |reason: String| BusError::Connect {
         url: url.to_owned(),
         reason,
@@ -76,10 +80,13 @@ pub async fn connect(cfg: &NatsConfig, url: &str, name: &str) -> Result<async_na
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None);
     if let Some(path) = &cfg.credentials_file {
-        opts = opts
-            .credentials_file(path)
-            .await
-            .map_err(|e| fail(format!("credentials file `{}`: {}", path.display(), e.kind())))?;
+        opts = opts.credentials_file(path).await.map_err(|e| {
+            fail(format!(
+                "credentials file `{}`: {}",
+                path.display(),
+                e.kind()
+            ))
+        })?;
     }
     if let Some(path) = &cfg.token_file {
         let token = Secret::from_file(path).map_err(|e| fail(e.to_string()))?;
@@ -146,7 +153,9 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &Config) -> Result<
         },
         stream::Config {
             name: names.deadletter_stream.clone(),
-            description: Some("riposte: payloads that could not be processed, with reasons".to_owned()),
+            description: Some(
+                "riposte: payloads that could not be processed, with reasons".to_owned(),
+            ),
             subjects: vec![format!("{}.>", names.deadletter_subject)],
             retention: stream::RetentionPolicy::Limits,
             duplicate_window: Duration::from_secs(600),
@@ -180,7 +189,8 @@ pub async fn ensure_consumer(
         .get_stream(&names.events_stream)
         .await
         .map_err(|e| setup(e.to_string()))?;
-    let max_pending = i64::try_from(config.engine.concurrency.saturating_mul(4)).unwrap_or(i64::MAX);
+    let max_pending =
+        i64::try_from(config.engine.concurrency.saturating_mul(4)).unwrap_or(i64::MAX);
     stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some(names.consumer.clone()),
@@ -273,13 +283,30 @@ impl Processor {
         };
         let Some(format) = format else {
             return self
-                .dead_letter(subject, payload, pos, "unbound", &format!("no format is bound to subject `{subject}`"), summary)
+                .dead_letter(
+                    subject,
+                    payload,
+                    pos,
+                    "unbound",
+                    &format!("no format is bound to subject `{subject}`"),
+                    summary,
+                )
                 .await;
         };
         let limit = self.config.engine.max_payload_bytes;
         if payload.len() > limit {
             return self
-                .dead_letter(subject, payload, pos, "too_large", &format!("payload of {} bytes is over the limit of {limit} bytes", payload.len()), summary)
+                .dead_letter(
+                    subject,
+                    payload,
+                    pos,
+                    "too_large",
+                    &format!(
+                        "payload of {} bytes is over the limit of {limit} bytes",
+                        payload.len()
+                    ),
+                    summary,
+                )
                 .await;
         }
         let events = match formats::normalize(format, payload, self.clock.now()) {
@@ -287,16 +314,24 @@ impl Processor {
             Err(e) => {
                 let code = e.code();
                 let reason = e.to_string();
-                return self.dead_letter(subject, payload, pos, code, &reason, summary).await;
+                return self
+                    .dead_letter(subject, payload, pos, code, &reason, summary)
+                    .await;
             }
         };
         let mut audit = self.audit.batch(format!("ev:{}:{}", pos.stream, pos.seq));
         for (index, event) in events.iter().enumerate() {
             let view = EventView::new(event, self.matcher.needs_data());
-            let (matched, errors) = self.matcher.matches(&view, self.runner.sandbox());
+            let crate::matcher::Matches { matched, errors } =
+                self.matcher.matches(&view, self.runner.sandbox());
             for (pb, reason) in &errors {
                 self.metrics.condition_errors.inc();
-                let mut rec = AuditRecord::new(RecordKind::ConditionError, "error", self.now_text(), &self.runner.settings().replica);
+                let mut rec = AuditRecord::new(
+                    RecordKind::ConditionError,
+                    "error",
+                    self.now_text(),
+                    &self.runner.settings().replica,
+                );
                 rec.event_id = Some(event.id.clone());
                 rec.playbook = Some(pb.name.clone());
                 rec.reason = Some(reason.clone());
@@ -311,8 +346,17 @@ impl Processor {
             summary.kind = Some(event.kind.as_str().to_owned());
             summary.severity = Some(event.severity.as_str().to_owned());
             summary.title = Some(event.title.clone());
-            let outcome = if matched.is_empty() { "no_match" } else { "matched" };
-            let mut rec = AuditRecord::new(RecordKind::Event, outcome, self.now_text(), &self.runner.settings().replica);
+            let outcome = if matched.is_empty() {
+                "no_match"
+            } else {
+                "matched"
+            };
+            let mut rec = AuditRecord::new(
+                RecordKind::Event,
+                outcome,
+                self.now_text(),
+                &self.runner.settings().replica,
+            );
             rec.event_id = Some(event.id.clone());
             rec.event = Some(summary.clone());
             rec.matched = Some(matched.iter().map(|p| p.name.clone()).collect());
@@ -346,12 +390,18 @@ impl Processor {
             .inc();
         let names = &self.config.engine.names;
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("dl:{}:{}", pos.stream, pos.seq).as_str());
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dl:{}:{}", pos.stream, pos.seq).as_str(),
+        );
         headers.insert("Riposte-Reason", one_line(reason).as_str());
         headers.insert("Riposte-Reason-Code", code);
         headers.insert("Riposte-Subject", subject);
         headers.insert("Riposte-Stream-Seq", pos.seq.to_string().as_str());
-        let format = summary.format.clone().unwrap_or_else(|| "unbound".to_owned());
+        let format = summary
+            .format
+            .clone()
+            .unwrap_or_else(|| "unbound".to_owned());
         let dl_subject = format!("{}.{format}", names.deadletter_subject);
         let dl_subject_for_record = dl_subject.clone();
         let ack = self
@@ -362,9 +412,15 @@ impl Processor {
         ack.await
             .map_err(|e| crate::audit::AuditError(format!("dead-letter not stored: {e}")))?;
         let mut audit = self.audit.batch(format!("dl:{}:{}", pos.stream, pos.seq));
-        let mut rec = AuditRecord::new(RecordKind::Rejected, "rejected", self.now_text(), &self.runner.settings().replica);
+        let mut rec = AuditRecord::new(
+            RecordKind::Rejected,
+            "rejected",
+            self.now_text(),
+            &self.runner.settings().replica,
+        );
         rec.reason = Some(reason.to_owned());
-        rec.output = Some(serde_json::json!({ "code": code, "deadletter_subject": dl_subject_for_record }));
+        rec.output =
+            Some(serde_json::json!({ "code": code, "deadletter_subject": dl_subject_for_record }));
         rec.event = Some(summary);
         audit.add(rec);
         audit.commit().await?;
@@ -374,7 +430,9 @@ impl Processor {
 
 /// Header values are one line.
 fn one_line(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Consumes the shared durable consumer until `shutdown`, then drains: runs in flight get
@@ -437,7 +495,10 @@ pub async fn consume(
     processor.metrics.set_ready(false);
     tracing::info!(grace = ?grace, "draining runs in flight");
     let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over: abandoning runs in flight (they will be redelivered)");
         force.cancel();
     }
@@ -486,7 +547,9 @@ async fn handle(p: &Processor, msg: jetstream::Message, force: &CancellationToke
         }
         Some(Err(e)) => {
             p.metrics.redeliveries.inc();
-            let delay = Duration::from_millis(500u64.saturating_mul(u64::try_from(delivered.clamp(1, 20)).unwrap_or(1)));
+            let delay = Duration::from_millis(
+                500u64.saturating_mul(u64::try_from(delivered.clamp(1, 20)).unwrap_or(1)),
+            );
             tracing::error!(error = %e, seq = pos.seq, delivered, "processing failed; will retry");
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::warn!(error = %e, seq = pos.seq, "nak failed");
@@ -495,5 +558,7 @@ async fn handle(p: &Processor, msg: jetstream::Message, force: &CancellationToke
         None => {}
     }
     p.metrics.in_flight.dec();
-    p.metrics.event_latency.observe(arrived.elapsed().as_secs_f64());
+    p.metrics
+        .event_latency
+        .observe(arrived.elapsed().as_secs_f64());
 }

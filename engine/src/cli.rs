@@ -22,7 +22,12 @@ use crate::testing::{run_tests, verdict_text, Simulator};
 
 /// riposte: security events in, audited responses out.
 #[derive(Debug, Parser)]
-#[command(name = "riposte", version, about, long_about = "riposte matches security events (Falco, Tetragon, Trivy, Grype, Kubernetes audit, Alertmanager, Harbor, CloudEvents, any JSON) arriving on NATS JetStream to YAML playbooks with Rhai conditions, and runs their responses through connectors, recording every decision in an audit stream.")]
+#[command(
+    name = "riposte",
+    version,
+    about,
+    long_about = "riposte matches security events (Falco, Tetragon, Trivy, Grype, Kubernetes audit, Alertmanager, Harbor, CloudEvents, any JSON) arriving on NATS JetStream to YAML playbooks with Rhai conditions, and runs their responses through connectors, recording every decision in an audit stream."
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text", env = "RIPOSTE_LOG_FORMAT")]
@@ -279,7 +284,10 @@ async fn test(a: DirArgs) -> Result<i32> {
             for p in &problems {
                 println!("{p}");
             }
-            println!("0 passed, {} failed (the playbooks do not load)", problems.len());
+            println!(
+                "0 passed, {} failed (the playbooks do not load)",
+                problems.len()
+            );
             return Ok(1);
         }
     };
@@ -361,7 +369,11 @@ async fn explain(a: ExplainArgs) -> Result<i32> {
                     writeln!(out, "   run {}: {r}", run.outcome.as_str())?;
                 }
                 for st in &run.steps {
-                    let args = st.args.as_ref().map(ToString::to_string).unwrap_or_default();
+                    let args = st
+                        .args
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
                     let detail = st
                         .output
                         .as_ref()
@@ -408,7 +420,11 @@ async fn publish(a: PublishArgs) -> Result<i32> {
     for (i, body) in bodies.into_iter().enumerate() {
         let mut msg = async_nats::jetstream::message::PublishMessage::build().payload(body.into());
         if let Some(id) = &a.msg_id {
-            msg = msg.message_id(if i == 0 { id.clone() } else { format!("{id}#{i}") });
+            msg = msg.message_id(if i == 0 {
+                id.clone()
+            } else {
+                format!("{id}#{i}")
+            });
         }
         let ack = js
             .send_publish(subject.clone(), msg)
@@ -422,7 +438,11 @@ async fn publish(a: PublishArgs) -> Result<i32> {
             "stored in {} as #{}{}",
             ack.stream,
             ack.sequence,
-            if ack.duplicate { " (duplicate: already stored)" } else { "" }
+            if ack.duplicate {
+                " (duplicate: already stored)"
+            } else {
+                ""
+            }
         );
     }
     Ok(0)
@@ -443,12 +463,16 @@ impl From<AuditArgs> for crate::audit::read::Query {
 }
 
 /// Parses `10m` (that long ago) or an RFC 3339 time.
-pub fn parse_since(text: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::DateTime<chrono::Utc>> {
+pub fn parse_since(
+    text: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.into());
     }
-    let d: Duration = humantime::parse_duration(text)
-        .with_context(|| format!("`{text}` is neither a duration (10m, 2h) nor an RFC 3339 time"))?;
+    let d: Duration = humantime::parse_duration(text).with_context(|| {
+        format!("`{text}` is neither a duration (10m, 2h) nor an RFC 3339 time")
+    })?;
     Ok(now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
 }
 

@@ -62,7 +62,10 @@ pub struct EmbeddedNats {
 impl EmbeddedNats {
     /// Starts nats-server with JetStream under `data_dir`, on port 4222 when free (another
     /// loopback port otherwise), and waits until it accepts connections.
-    pub async fn start(data_dir: &Path, program: Option<&Path>) -> Result<EmbeddedNats, EmbeddedError> {
+    pub async fn start(
+        data_dir: &Path,
+        program: Option<&Path>,
+    ) -> Result<EmbeddedNats, EmbeddedError> {
         let dir_err = |e: std::io::Error| EmbeddedError::DataDir {
             dir: data_dir.display().to_string(),
             reason: e.to_string(),
@@ -79,17 +82,23 @@ impl EmbeddedNats {
             port,
         };
         let child = spec.spawn()?;
-        wait_ready(addr, Duration::from_secs(15)).await.map_err(|_| EmbeddedError::NotReady {
-            addr,
-            secs: 15,
-            log: log.display().to_string(),
-        })?;
+        wait_ready(addr, Duration::from_secs(15))
+            .await
+            .map_err(|_| EmbeddedError::NotReady {
+                addr,
+                secs: 15,
+                log: log.display().to_string(),
+            })?;
         let url = format!("nats://{addr}");
         std::fs::write(url_file(data_dir), format!("{url}\n")).map_err(dir_err)?;
         let stop = CancellationToken::new();
         let supervisor = tokio::spawn(supervise(spec, child, stop.clone()));
         tracing::info!(%url, data_dir = %data_dir.display(), "embedded nats-server started");
-        Ok(EmbeddedNats { url, stop, supervisor })
+        Ok(EmbeddedNats {
+            url,
+            stop,
+            supervisor,
+        })
     }
 
     /// Stops the server gracefully and waits for it.
@@ -174,7 +183,9 @@ fn free_port(preferred: u16) -> std::io::Result<u16> {
     if TcpListener::bind((Ipv4Addr::LOCALHOST, preferred)).is_ok() {
         return Ok(preferred);
     }
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<(), ()> {

@@ -86,9 +86,15 @@ pub fn build_connectors(
 ) -> Result<HashMap<String, Arc<dyn Connector>>, BuildError> {
     let mut out: HashMap<String, Arc<dyn Connector>> = HashMap::new();
     let empty = serde_json::Map::new();
-    for kind in ConnectorKind::ALL.into_iter().filter(|k| k.has_default_instance()) {
+    for kind in ConnectorKind::ALL
+        .into_iter()
+        .filter(|k| k.has_default_instance())
+    {
         if !config.connectors.contains_key(kind.as_str()) {
-            out.insert(kind.as_str().to_owned(), kind.build(kind.as_str(), &empty, deps)?);
+            out.insert(
+                kind.as_str().to_owned(),
+                kind.build(kind.as_str(), &empty, deps)?,
+            );
         }
     }
     for (name, inst) in &config.connectors {
@@ -134,9 +140,11 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Engin
     let url = match opts.nats_url.or_else(|| config.nats.url.clone()) {
         Some(url) => url,
         None => {
-            let server =
-                EmbeddedNats::start(&config.engine.data_dir, config.nats.server_binary.as_deref())
-                    .await?;
+            let server = EmbeddedNats::start(
+                &config.engine.data_dir,
+                config.nats.server_binary.as_deref(),
+            )
+            .await?;
             let url = server.url.clone();
             embedded = Some(server);
             url
@@ -189,7 +197,7 @@ async fn serve(
     );
     let processor = Arc::new(Processor {
         audit: AuditSink::JetStream {
-            js: js.clone(),
+            js: Box::new(js.clone()),
             subject: config.engine.names.audit_subject.clone(),
         },
         matcher: Matcher::new(playbooks),

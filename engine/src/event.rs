@@ -81,7 +81,10 @@ impl FromStr for Source {
             .find(|x| x.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Source::ALL.iter().map(|x| x.as_str()).collect();
-                format!("unknown format `{s}` (expected one of: {})", names.join(", "))
+                format!(
+                    "unknown format `{s}` (expected one of: {})",
+                    names.join(", ")
+                )
             })
     }
 }

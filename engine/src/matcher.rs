@@ -69,6 +69,15 @@ impl Verdict {
     }
 }
 
+/// The outcome of matching one event.
+#[derive(Debug, Default)]
+pub struct Matches {
+    /// The playbooks that run.
+    pub matched: Vec<Arc<Playbook>>,
+    /// Candidates whose condition failed (no match), with the error.
+    pub errors: Vec<(Arc<Playbook>, String)>,
+}
+
 #[derive(Debug, Default)]
 struct SourceIndex {
     by_title: HashMap<String, Vec<usize>>,
@@ -134,12 +143,8 @@ impl Matcher {
         ids.iter().filter_map(|i| self.playbooks.get(*i)).collect()
     }
 
-    /// The playbooks that match, with the verdict of every candidate that errored.
-    pub fn matches(
-        &self,
-        view: &EventView<'_>,
-        sandbox: &Sandbox,
-    ) -> (Vec<Arc<Playbook>>, Vec<(Arc<Playbook>, String)>) {
+    /// The playbooks that match, and every candidate whose condition failed, with the error.
+    pub fn matches(&self, view: &EventView<'_>, sandbox: &Sandbox) -> Matches {
         let mut matched = Vec::new();
         let mut errors = Vec::new();
         let mut scope: Option<Scope<'static>> = None;
@@ -150,11 +155,15 @@ impl Matcher {
                 _ => {}
             }
         }
-        (matched, errors)
+        Matches { matched, errors }
     }
 
     /// The verdict of every playbook for an event, for `explain`.
-    pub fn explain(&self, view: &EventView<'_>, sandbox: &Sandbox) -> Vec<(Arc<Playbook>, Verdict)> {
+    pub fn explain(
+        &self,
+        view: &EventView<'_>,
+        sandbox: &Sandbox,
+    ) -> Vec<(Arc<Playbook>, Verdict)> {
         let mut scope = None;
         self.playbooks
             .iter()
@@ -176,7 +185,10 @@ pub fn verdict(
     }
     if !pb.listens_to(e) {
         return Verdict::NotListening(if pb.kinds.is_empty() {
-            format!("kind `{}` is only seen by playbooks that list it in `kinds`", e.kind)
+            format!(
+                "kind `{}` is only seen by playbooks that list it in `kinds`",
+                e.kind
+            )
         } else {
             format!("kind `{}` is not in its kinds", e.kind)
         });

@@ -74,21 +74,62 @@ impl Metrics {
         let run_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
         let in_flight = Gauge::default();
         let redeliveries = Counter::default();
-        registry.register("events_received", "Payloads received, by format", events_received.clone());
-        registry.register("events_matched", "Events that matched at least one playbook", events_matched.clone());
-        registry.register("events_unmatched", "Events that matched no playbook", events_unmatched.clone());
-        registry.register("events_dead_lettered", "Payloads dead-lettered, by reason", dead_lettered.clone());
-        registry.register("condition_errors", "Conditions that failed (no match)", condition_errors.clone());
+        registry.register(
+            "events_received",
+            "Payloads received, by format",
+            events_received.clone(),
+        );
+        registry.register(
+            "events_matched",
+            "Events that matched at least one playbook",
+            events_matched.clone(),
+        );
+        registry.register(
+            "events_unmatched",
+            "Events that matched no playbook",
+            events_unmatched.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Payloads dead-lettered, by reason",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "condition_errors",
+            "Conditions that failed (no match)",
+            condition_errors.clone(),
+        );
         registry.register("runs", "Playbook runs, by outcome", runs.clone());
-        registry.register("steps", "Steps and notifications, by outcome", steps.clone());
-        registry.register("event_latency_seconds", "Arrival to acknowledgement of a message", event_latency.clone());
-        registry.register("run_latency_seconds", "Duration of a playbook run", run_latency.clone());
+        registry.register(
+            "steps",
+            "Steps and notifications, by outcome",
+            steps.clone(),
+        );
+        registry.register(
+            "event_latency_seconds",
+            "Arrival to acknowledgement of a message",
+            event_latency.clone(),
+        );
+        registry.register(
+            "run_latency_seconds",
+            "Duration of a playbook run",
+            run_latency.clone(),
+        );
         registry.register("in_flight", "Messages being processed", in_flight.clone());
-        registry.register("processing_failures", "Messages left for redelivery after a NATS, KV or audit failure", redeliveries.clone());
+        registry.register(
+            "processing_failures",
+            "Messages left for redelivery after a NATS, KV or audit failure",
+            redeliveries.clone(),
+        );
         let premade = |family: &Family<Labels, Counter>, names: &[&'static str]| {
             names
                 .iter()
-                .map(|n| (*n, family.get_or_create(&Metrics::label("outcome", n)).clone()))
+                .map(|n| {
+                    (
+                        *n,
+                        family.get_or_create(&Metrics::label("outcome", n)).clone(),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let run_counters = premade(&runs, &["ok", "failed", "planned", "suppressed", "limited"]);
@@ -128,7 +169,9 @@ impl Metrics {
                 c.inc();
             }
             None => {
-                family.get_or_create(&Metrics::label("outcome", outcome)).inc();
+                family
+                    .get_or_create(&Metrics::label("outcome", outcome))
+                    .inc();
             }
         }
     }

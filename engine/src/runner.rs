@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use riposte_connectors::{check_args, Connector, ConnectorError};
 use rhai::{Dynamic, Scope};
+use riposte_connectors::{check_args, Connector, ConnectorError};
 use serde_json::{json, Value};
 use thiserror::Error;
 
@@ -184,7 +184,9 @@ impl Runner {
         let mut r = AuditRecord::new(
             kind,
             outcome,
-            self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             &self.settings.replica,
         );
         r.run_id = Some(run.run_id.to_owned());
@@ -223,7 +225,14 @@ impl Runner {
             reason: None,
         };
         if let Err(reason) = self.eval_vars(&mut run) {
-            return Ok(self.finish(run, report, RunOutcome::Failed, Some(reason), audit, started));
+            return Ok(self.finish(
+                run,
+                report,
+                RunOutcome::Failed,
+                Some(reason),
+                audit,
+                started,
+            ));
         }
         if let Some(outcome) = self.admit(&run, audit, &mut report).await? {
             self.metrics.count_run(outcome.as_str());
@@ -359,7 +368,11 @@ impl Runner {
         attempts: Option<u32>,
         audit: &mut AuditBatch,
     ) {
-        let kind = if r.notify { RecordKind::Notify } else { RecordKind::Step };
+        let kind = if r.notify {
+            RecordKind::Notify
+        } else {
+            RecordKind::Step
+        };
         let mut rec = self.record(kind, r.outcome.as_str(), run);
         rec.step = Some(step.id.clone());
         rec.action = Some(r.action.clone());
@@ -373,12 +386,16 @@ impl Runner {
             run.failed = true;
         }
         let mut entry = rhai::Map::new();
-        entry.insert("outcome".into(), Dynamic::from(r.outcome.as_str().to_owned()));
+        entry.insert(
+            "outcome".into(),
+            Dynamic::from(r.outcome.as_str().to_owned()),
+        );
         entry.insert(
             "output".into(),
             r.output.as_ref().map_or(Dynamic::UNIT, json_to_dynamic),
         );
-        run.steps.insert(step.id.as_str().into(), Dynamic::from_map(entry));
+        run.steps
+            .insert(step.id.as_str().into(), Dynamic::from_map(entry));
         run.reports.push(r);
     }
 
@@ -475,7 +492,12 @@ impl Runner {
             let l = &self.settings.limits;
             if !self
                 .state
-                .take_slot("global.destructive", l.max_destructive_actions, l.per.get(), self.clock.now())
+                .take_slot(
+                    "global.destructive",
+                    l.max_destructive_actions,
+                    l.per.get(),
+                    self.clock.now(),
+                )
                 .await?
             {
                 let why = format!(
@@ -521,13 +543,14 @@ impl Runner {
         let mut backoff = step.backoff;
         let mut attempt = 1;
         loop {
-            let result = match tokio::time::timeout(limit, connector.run(&step.action.action, args)).await {
-                Ok(r) => r,
-                Err(_) => Err(ConnectorError::Transient(format!(
-                    "timed out after {}",
-                    humantime::format_duration(limit)
-                ))),
-            };
+            let result =
+                match tokio::time::timeout(limit, connector.run(&step.action.action, args)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ConnectorError::Transient(format!(
+                        "timed out after {}",
+                        humantime::format_duration(limit)
+                    ))),
+                };
             match result {
                 Err(e) if e.is_retryable() && attempt < step.attempts => {
                     tracing::warn!(step = %step.id, attempt, error = %e, "step failed, retrying");
@@ -559,7 +582,10 @@ impl Runner {
         }
         namespaces.extend(args.get("namespace").and_then(Value::as_str));
         containers.extend(args.get("container").and_then(Value::as_str));
-        if let Some(ns) = namespaces.iter().find(|ns| p.namespaces.iter().any(|x| x == *ns)) {
+        if let Some(ns) = namespaces
+            .iter()
+            .find(|ns| p.namespaces.iter().any(|x| x == *ns))
+        {
             return Some(format!("namespace `{ns}` is protected"));
         }
         for c in containers {

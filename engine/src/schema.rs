@@ -11,13 +11,20 @@ use crate::playbook::spec::PlaybookFile;
 /// Every schema: file name and pretty JSON text (with a trailing newline).
 pub fn all() -> Vec<(&'static str, String)> {
     let render = |s: schemars::Schema| {
-        serde_json::to_string_pretty(&s).map_or_else(|e| format!("{{\"error\": \"{e}\"}}"), |t| t + "\n")
+        serde_json::to_string_pretty(&s)
+            .map_or_else(|e| format!("{{\"error\": \"{e}\"}}"), |t| t + "\n")
     };
     vec![
-        ("playbook.schema.json", render(schemars::schema_for!(PlaybookFile))),
+        (
+            "playbook.schema.json",
+            render(schemars::schema_for!(PlaybookFile)),
+        ),
         ("config.schema.json", render(schemars::schema_for!(Config))),
         ("event.schema.json", render(schemars::schema_for!(Event))),
-        ("audit.schema.json", render(schemars::schema_for!(AuditRecord))),
+        (
+            "audit.schema.json",
+            render(schemars::schema_for!(AuditRecord)),
+        ),
     ]
 }
 

@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use rhai::packages::{Package, StandardPackage};
-use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, OptimizationLevel, Position, Scope, AST};
+use rhai::{
+    Dynamic, Engine, EvalAltResult, ImmutableString, OptimizationLevel, Position, Scope, AST,
+};
 use thiserror::Error;
 
 use crate::clock::Clock;
@@ -230,7 +232,11 @@ pub fn event_to_dynamic(e: &Event, with_data: bool) -> Dynamic {
         m
     }
     fn strings(map: &std::collections::BTreeMap<String, String>) -> Dynamic {
-        Dynamic::from_map(map.iter().map(|(k, v)| (k.as_str().into(), text(v))).collect())
+        Dynamic::from_map(
+            map.iter()
+                .map(|(k, v)| (k.as_str().into(), text(v)))
+                .collect(),
+        )
     }
     let r = &e.resource;
     let mut resource = rhai::Map::new();
@@ -255,7 +261,10 @@ pub fn event_to_dynamic(e: &Event, with_data: bool) -> Dynamic {
     resource.insert("pod".into(), Dynamic::from_map(pod));
     resource.insert(
         "node".into(),
-        Dynamic::from_map(part(&[("name", r.node.as_ref().and_then(|n| n.name.as_deref()))])),
+        Dynamic::from_map(part(&[(
+            "name",
+            r.node.as_ref().and_then(|n| n.name.as_deref()),
+        )])),
     );
     let i = r.image.as_ref();
     resource.insert(
@@ -269,7 +278,10 @@ pub fn event_to_dynamic(e: &Event, with_data: bool) -> Dynamic {
     );
     resource.insert(
         "host".into(),
-        Dynamic::from_map(part(&[("name", r.host.as_ref().and_then(|h| h.name.as_deref()))])),
+        Dynamic::from_map(part(&[(
+            "name",
+            r.host.as_ref().and_then(|h| h.name.as_deref()),
+        )])),
     );
     let pr = r.process.as_ref();
     let mut process = part(&[
@@ -307,7 +319,11 @@ pub fn event_to_dynamic(e: &Event, with_data: bool) -> Dynamic {
     m.insert("resource".into(), Dynamic::from_map(resource));
     m.insert("findings".into(), Dynamic::from_array(findings));
     m.insert("labels".into(), strings(&e.labels));
-    let data = if with_data { json_to_dynamic(&e.data) } else { Dynamic::UNIT };
+    let data = if with_data {
+        json_to_dynamic(&e.data)
+    } else {
+        Dynamic::UNIT
+    };
     m.insert("data".into(), data);
     Dynamic::from_map(m)
 }
@@ -441,11 +457,14 @@ fn register_helpers(engine: &mut Engine, clock: Arc<dyn Clock>) {
         Dynamic::from(ImmutableString::new())
     });
     engine.register_fn("now", move || -> rhai::INT { clock.now().timestamp() });
-    engine.register_fn("timestamp", |text: ImmutableString| -> HelperResult<rhai::INT> {
-        chrono::DateTime::parse_from_rfc3339(text.trim())
-            .map(|t| t.timestamp())
-            .map_err(|_| helper_error(format!("timestamp: `{text}` is not an RFC 3339 time")))
-    });
+    engine.register_fn(
+        "timestamp",
+        |text: ImmutableString| -> HelperResult<rhai::INT> {
+            chrono::DateTime::parse_from_rfc3339(text.trim())
+                .map(|t| t.timestamp())
+                .map_err(|_| helper_error(format!("timestamp: `{text}` is not an RFC 3339 time")))
+        },
+    );
 }
 
 fn regex_match(
@@ -511,7 +530,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             None => return false,
         }
     }
-    p.get(pi..).is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
 }
 
 #[cfg(test)]
@@ -536,13 +556,31 @@ mod tests {
     #[test]
     fn helpers_compare_severities_globs_regexes_and_networks() {
         let ev = serde_json::json!({"severity": "high", "ip": "10.1.2.3", "name": "nginx-7f9c"});
-        assert_eq!(eval(r#"at_least(event.severity, "medium")"#, ev.clone()), Ok(true));
-        assert_eq!(eval(r#"at_least(event.severity, "critical")"#, ev.clone()), Ok(false));
-        assert_eq!(eval(r#"at_least(event.missing, "low")"#, ev.clone()), Ok(false));
+        assert_eq!(
+            eval(r#"at_least(event.severity, "medium")"#, ev.clone()),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"at_least(event.severity, "critical")"#, ev.clone()),
+            Ok(false)
+        );
+        assert_eq!(
+            eval(r#"at_least(event.missing, "low")"#, ev.clone()),
+            Ok(false)
+        );
         assert_eq!(eval(r#"glob("nginx-*", event.name)"#, ev.clone()), Ok(true));
-        assert_eq!(eval(r#"matches("^nginx-[0-9a-f]+$", event.name)"#, ev.clone()), Ok(true));
-        assert_eq!(eval(r#"in_cidr(event.ip, "10.0.0.0/8")"#, ev.clone()), Ok(true));
-        assert_eq!(eval(r#"in_cidr(event.ip, "192.168.0.0/16")"#, ev.clone()), Ok(false));
+        assert_eq!(
+            eval(r#"matches("^nginx-[0-9a-f]+$", event.name)"#, ev.clone()),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"in_cidr(event.ip, "10.0.0.0/8")"#, ev.clone()),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"in_cidr(event.ip, "192.168.0.0/16")"#, ev.clone()),
+            Ok(false)
+        );
         assert_eq!(eval(r#"label(event, "nope") == """#, ev.clone()), Ok(true));
         assert_eq!(eval(r#"now() == 1767225600"#, ev.clone()), Ok(true));
         assert_eq!(
@@ -579,7 +617,9 @@ mod tests {
     #[test]
     fn the_rhai_view_of_an_event_matches_its_json_form() {
         let payload = br#"{"uuid":"u1","rule":"R","priority":"Critical","output":"x","time":"2026-01-01T00:00:00Z","output_fields":{"container.id":"abc","container.name":"web","k8s.ns.name":"ns","k8s.pod.name":"p","proc.pid":42,"proc.name":"sh","user.name":"root"},"tags":["a"]}"#;
-        let mut events = crate::formats::normalize(crate::event::Source::Falco, payload, chrono::Utc::now()).unwrap();
+        let mut events =
+            crate::formats::normalize(crate::event::Source::Falco, payload, chrono::Utc::now())
+                .unwrap();
         let mut e = events.remove(0);
         e.findings.push(crate::event::Finding {
             id: "CVE-1".into(),
@@ -589,7 +629,11 @@ mod tests {
             fixed: None,
             title: None,
         });
-        e.resource.pod.get_or_insert_with(Default::default).labels.insert("app".into(), "web".into());
+        e.resource
+            .pod
+            .get_or_insert_with(Default::default)
+            .labels
+            .insert("app".into(), "web".into());
         let mut expected = serde_json::to_value(&e).unwrap();
         complete_view(&mut expected);
         assert_eq!(dynamic_to_json(&event_to_dynamic(&e, true)), expected);

@@ -62,9 +62,18 @@ pub fn kv_key(prefix: &str, free: &str) -> String {
     let digest = Sha256::digest(free.as_bytes());
     let safe: String = prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    format!("{safe}.{}", hex::encode(digest.get(..16).unwrap_or(&digest)))
+    format!(
+        "{safe}.{}",
+        hex::encode(digest.get(..16).unwrap_or(&digest))
+    )
 }
 
 fn window_index(now: DateTime<Utc>, per: Duration) -> i64 {
@@ -199,9 +208,7 @@ impl StateStore for KvState {
                 .entry(key)
                 .await
                 .map_err(|e| kv_err("read dedup key", e))?;
-            let live = entry
-                .as_ref()
-                .filter(|e| e.operation == kv::Operation::Put);
+            let live = entry.as_ref().filter(|e| e.operation == kv::Operation::Put);
             match live {
                 None => {
                     let created = match &entry {
@@ -235,7 +242,9 @@ impl StateStore for KvState {
                 }
             }
         }
-        Err(StateError(format!("dedup key `{key}`: too much contention")))
+        Err(StateError(format!(
+            "dedup key `{key}`: too much contention"
+        )))
     }
 
     async fn take_slot(
@@ -295,7 +304,10 @@ mod tests {
         let now = t("2026-01-01T00:00:00Z");
         assert_eq!(s.claim("k", "r1", w, now).await.unwrap(), Claim::Granted);
         assert_eq!(s.claim("k", "r1", w, now).await.unwrap(), Claim::Granted);
-        assert!(matches!(s.claim("k", "r2", w, now).await.unwrap(), Claim::Held { .. }));
+        assert!(matches!(
+            s.claim("k", "r2", w, now).await.unwrap(),
+            Claim::Held { .. }
+        ));
         let later = t("2026-01-01T00:10:01Z");
         assert_eq!(s.claim("k", "r2", w, later).await.unwrap(), Claim::Granted);
     }
@@ -308,12 +320,19 @@ mod tests {
         assert!(s.take_slot("p", 2, per, now).await.unwrap());
         assert!(s.take_slot("p", 2, per, now).await.unwrap());
         assert!(!s.take_slot("p", 2, per, now).await.unwrap());
-        assert!(s.take_slot("p", 2, per, t("2026-01-01T00:01:00Z")).await.unwrap());
+        assert!(s
+            .take_slot("p", 2, per, t("2026-01-01T00:01:00Z"))
+            .await
+            .unwrap());
     }
 
     #[test]
     fn kv_keys_are_safe() {
         let k = kv_key("dedup.my playbook", "anything: goes/here");
-        assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{k}");
+        assert!(
+            k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "{k}"
+        );
     }
 }

@@ -53,7 +53,11 @@ pub struct Simulator {
 
 impl Simulator {
     /// Builds a simulator; connectors are built without clients (plan mode needs none).
-    pub fn new(playbooks: Vec<Playbook>, config: &Config, sandbox: Sandbox) -> Result<Self, String> {
+    pub fn new(
+        playbooks: Vec<Playbook>,
+        config: &Config,
+        sandbox: Sandbox,
+    ) -> Result<Self, String> {
         let connectors = build_connectors(config, &Deps::default()).map_err(|e| e.to_string())?;
         let runner = Runner::new(
             sandbox,
@@ -70,7 +74,11 @@ impl Simulator {
     }
 
     /// Normalizes a payload and plans every playbook's run for each of its events.
-    pub async fn simulate(&self, format: Source, payload: &[u8]) -> Result<Vec<Simulated>, FormatError> {
+    pub async fn simulate(
+        &self,
+        format: Source,
+        payload: &[u8],
+    ) -> Result<Vec<Simulated>, FormatError> {
         let events = formats::normalize(format, payload, Utc::now())?;
         let mut out = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
@@ -120,7 +128,11 @@ impl CaseResult {
 }
 
 /// Runs every test case of every playbook, each against that playbook alone with fresh state.
-pub async fn run_tests(playbooks: &[Playbook], config: &Config, sandbox: &Sandbox) -> Vec<CaseResult> {
+pub async fn run_tests(
+    playbooks: &[Playbook],
+    config: &Config,
+    sandbox: &Sandbox,
+) -> Vec<CaseResult> {
     let mut results = Vec::new();
     for pb in playbooks {
         for case in &pb.tests {
@@ -177,7 +189,9 @@ async fn run_case(sim: &Simulator, pb: &Playbook, case: &TestSpec) -> Vec<String
         .collect();
     if let Some(expected) = &case.expect.actions {
         if *expected != planned {
-            failures.push(format!("expected actions {expected:?}, planned {planned:?}"));
+            failures.push(format!(
+                "expected actions {expected:?}, planned {planned:?}"
+            ));
         }
     }
     if let Some(outcome) = &case.expect.outcome {
@@ -186,7 +200,10 @@ async fn run_case(sim: &Simulator, pb: &Playbook, case: &TestSpec) -> Vec<String
                 failures.push(format!(
                     "expected outcome `{outcome}`, got `{}`{}",
                     r.outcome.as_str(),
-                    r.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
+                    r.reason
+                        .as_deref()
+                        .map(|x| format!(" ({x})"))
+                        .unwrap_or_default()
                 ));
             }
         }

@@ -1,6 +1,11 @@
 //! The offline commands, run as a user would: `check`, `test`, `explain`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 use std::process::Command;
@@ -19,7 +24,11 @@ fn riposte(args: &[&str]) -> (i32, String, String) {
 }
 
 fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .display()
+        .to_string()
 }
 
 const BROKEN: &str = r#"apiVersion: riposte/v1
@@ -62,7 +71,9 @@ fn check_names_every_problem_with_its_position_and_exits_1() {
     assert_eq!(code, 1, "{out}");
     let f = dir.path().join("broken.yaml").display().to_string();
     let expected = [
-        format!("{f}:4:9: name `Broken_Name` must be lower-case letters, digits and `-` (at most 63)"),
+        format!(
+            "{f}:4:9: name `Broken_Name` must be lower-case letters, digits and `-` (at most 63)"
+        ),
         format!("{f}:10:12: in `when`: Undefined variable: evnt"),
         format!("{f}:12:42: in var `target`: Script is incomplete"),
         format!("{f}:17:19: in template: `${{{{` without its closing `}}}}`"),
@@ -70,17 +81,31 @@ fn check_names_every_problem_with_its_position_and_exits_1() {
         format!("{f}:19:11: step id `first` is used twice"),
         format!("{f}:20:15: unknown connector `docker` (configured: log, nats)"),
         format!("{f}:22:15: connector `log` (log) has no action `shout` (it has: info, warn)"),
-        format!("{f}:26:24: parameter `subject` of `nats.publish` must be of type string, got integer"),
+        format!(
+            "{f}:26:24: parameter `subject` of `nats.publish` must be of type string, got integer"
+        ),
         format!("{f}:26:13: `nats.publish` needs parameter `payload`"),
         format!("{f}:27:26: retry attempts must be 1 to 10, not 99"),
         format!("{f}:29:15: `nats.publish` has no default message: give its arguments in `with`"),
     ];
     for e in &expected {
-        assert!(out.lines().any(|l| l.starts_with(e.as_str())), "missing `{e}` in:\n{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(e.as_str())),
+            "missing `{e}` in:\n{out}"
+        );
     }
-    assert_eq!(out.lines().filter(|l| l.starts_with(&format!("{f}:29:"))).count(), 1, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with(&format!("{f}:29:")))
+            .count(),
+        1,
+        "{out}"
+    );
     let u = dir.path().join("unknown-key.yaml").display().to_string();
-    assert!(out.contains(&format!("{u}:6:3: spec: unknown field `stepz`")), "{out}");
+    assert!(
+        out.contains(&format!("{u}:6:3: spec: unknown field `stepz`")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -110,7 +135,10 @@ fn test_reports_a_failing_case_and_exits_1() {
     let (code, out, _) = riposte(&["test", dir.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("PASS p :: matches a"), "{out}");
-    assert!(out.contains("FAIL p :: wrongly expects b to match"), "{out}");
+    assert!(
+        out.contains("FAIL p :: wrongly expects b to match"),
+        "{out}"
+    );
     assert!(out.contains("expected match: true, got false (no match: clause is false: event.title is \"b\", not \"a\")"), "{out}");
     assert!(out.trim_end().ends_with("1 passed, 1 failed"), "{out}");
 }
@@ -126,10 +154,19 @@ fn explain_names_the_real_targets_and_the_reason_for_each_non_match() {
         &repo("playbooks"),
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("\"title\": \"Terminal shell in container\""), "{out}");
+    assert!(
+        out.contains("\"title\": \"Terminal shell in container\""),
+        "{out}"
+    );
     assert!(out.contains("-- shell-in-container: match"), "{out}");
-    assert!(out.contains("publish ") && out.contains("`riposte.derived.containment-requested`"), "{out}");
-    assert!(out.contains("no match: source `falco` is not in its sources"), "{out}");
+    assert!(
+        out.contains("publish ") && out.contains("`riposte.derived.containment-requested`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("no match: source `falco` is not in its sources"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -137,7 +174,17 @@ fn explain_says_why_a_payload_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.json");
     std::fs::write(&f, "{\"kind\": 0}").unwrap();
-    let (code, out, _) = riposte(&["explain", f.to_str().unwrap(), "-f", "k8s-audit", "-p", &repo("playbooks")]);
+    let (code, out, _) = riposte(&[
+        "explain",
+        f.to_str().unwrap(),
+        "-f",
+        "k8s-audit",
+        "-p",
+        &repo("playbooks"),
+    ]);
     assert_eq!(code, 1);
-    assert!(out.starts_with("rejected (wrong_shape): not a k8s-audit payload"), "{out}");
+    assert!(
+        out.starts_with("rejected (wrong_shape): not a k8s-audit payload"),
+        "{out}"
+    );
 }

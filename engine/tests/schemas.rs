@@ -1,7 +1,12 @@
 //! The JSON Schemas in `schemas/` are generated from the Rust types: this fails when a
 //! checked-in file drifts from what the code accepts. Regenerate with `riposte schema schemas`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 
@@ -21,7 +26,10 @@ fn checked_in_schemas_match_the_types() {
 #[test]
 fn the_shipped_playbooks_follow_the_playbook_schema_shape() {
     let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/playbook.schema.json")).unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/playbook.schema.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let required = schema["required"].as_array().unwrap();

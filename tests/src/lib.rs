@@ -8,7 +8,12 @@
 //! - [`audit_records`], [`wait_for`]: read the audit trail (through `riposte audit --json`) and
 //!   wait for a condition on it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -92,7 +97,13 @@ impl NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(nats_server_bin())
-            .args(["--jetstream", "--addr", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--jetstream",
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
             .arg("--store_dir")
             .arg(dir.path())
             .arg("--log")
@@ -102,7 +113,10 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start nats-server: {e}; run `bash scripts/setup`"));
-        assert!(wait_port(port, Duration::from_secs(10)), "nats-server did not listen on {port}");
+        assert!(
+            wait_port(port, Duration::from_secs(10)),
+            "nats-server did not listen on {port}"
+        );
         NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
@@ -176,7 +190,10 @@ impl Engine {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the engine did not become ready; its log:\n{}", self.log_text());
+        panic!(
+            "the engine did not become ready; its log:\n{}",
+            self.log_text()
+        );
     }
 
     /// The engine's log so far.
@@ -209,7 +226,9 @@ impl Engine {
     /// Stops the engine with SIGTERM and waits.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -234,7 +253,11 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -264,7 +287,12 @@ pub fn audit_records(nats: &str) -> Vec<AuditRecord> {
 }
 
 /// Polls the audit trail until `done` holds, or fails with the records seen.
-pub fn wait_for(nats: &str, within: Duration, what: &str, done: impl Fn(&[AuditRecord]) -> bool) -> Vec<AuditRecord> {
+pub fn wait_for(
+    nats: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[AuditRecord]) -> bool,
+) -> Vec<AuditRecord> {
     let deadline = Instant::now() + within;
     loop {
         let records = audit_records(nats);
@@ -272,8 +300,17 @@ pub fn wait_for(nats: &str, within: Duration, what: &str, done: impl Fn(&[AuditR
             return records;
         }
         if Instant::now() > deadline {
-            let shown: Vec<String> = records.iter().rev().take(30).map(|r| serde_json::to_string(r).unwrap()).collect();
-            panic!("timed out waiting for {what}; {} records, the last ones:\n{}", records.len(), shown.join("\n"));
+            let shown: Vec<String> = records
+                .iter()
+                .rev()
+                .take(30)
+                .map(|r| serde_json::to_string(r).unwrap())
+                .collect();
+            panic!(
+                "timed out waiting for {what}; {} records, the last ones:\n{}",
+                records.len(),
+                shown.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -284,7 +321,11 @@ pub async fn publish(client: &async_nats::Client, subject: &str, payloads: &[Vec
     let js = async_nats::jetstream::new(client.clone());
     let mut acks = Vec::new();
     for p in payloads {
-        acks.push(js.publish(subject.to_owned(), p.clone().into()).await.unwrap());
+        acks.push(
+            js.publish(subject.to_owned(), p.clone().into())
+                .await
+                .unwrap(),
+        );
     }
     for a in acks {
         a.await.unwrap();
@@ -292,7 +333,13 @@ pub async fn publish(client: &async_nats::Client, subject: &str, payloads: &[Vec
 }
 
 /// A Falco alert for rule `rule` with a distinct id and container.
-pub fn falco_alert(uuid: &str, rule: &str, priority: &str, container: &str, namespace: &str) -> Vec<u8> {
+pub fn falco_alert(
+    uuid: &str,
+    rule: &str,
+    priority: &str,
+    container: &str,
+    namespace: &str,
+) -> Vec<u8> {
     serde_json::json!({
         "uuid": uuid,
         "hostname": "node-1",

@@ -1,6 +1,11 @@
 //! End-to-end tests of the engine core against a real nats-server and the real binary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,31 +46,68 @@ async fn an_event_on_a_bound_subject_produces_the_expected_audit_records() {
     let mut derived = client.subscribe("derived.containment").await.unwrap();
     client.flush().await.unwrap();
 
-    let alert = falco_alert("evt-1", "Terminal shell in container", "Critical", "c0ffee", "shop");
-    publish(&client, "falco.critical.terminal_shell_in_container", &[alert]).await;
+    let alert = falco_alert(
+        "evt-1",
+        "Terminal shell in container",
+        "Critical",
+        "c0ffee",
+        "shop",
+    );
+    publish(
+        &client,
+        "falco.critical.terminal_shell_in_container",
+        &[alert],
+    )
+    .await;
 
     let records = wait_for(&nats.url, Duration::from_secs(20), "the run record", |r| {
         r.iter().any(|x| x.record == RecordKind::Run)
     });
-    let event = records.iter().find(|r| r.record == RecordKind::Event).unwrap();
+    let event = records
+        .iter()
+        .find(|r| r.record == RecordKind::Event)
+        .unwrap();
     assert_eq!(event.outcome, "matched");
     assert_eq!(event.event_id.as_deref(), Some("evt-1"));
-    assert_eq!(event.matched.as_deref(), Some(&["shell-in-container".to_owned()][..]));
+    assert_eq!(
+        event.matched.as_deref(),
+        Some(&["shell-in-container".to_owned()][..])
+    );
     let summary = event.event.as_ref().unwrap();
-    assert_eq!(summary.subject, "falco.critical.terminal_shell_in_container");
+    assert_eq!(
+        summary.subject,
+        "falco.critical.terminal_shell_in_container"
+    );
     assert_eq!(summary.severity.as_deref(), Some("critical"));
 
-    let run_id = records.iter().find(|r| r.record == RecordKind::Run).unwrap().run_id.clone();
+    let run_id = records
+        .iter()
+        .find(|r| r.record == RecordKind::Run)
+        .unwrap()
+        .run_id
+        .clone();
     let of_run: Vec<_> = records.iter().filter(|r| r.run_id == run_id).collect();
     let steps: Vec<(RecordKind, Option<&str>, Option<&str>, &str)> = of_run
         .iter()
-        .map(|r| (r.record, r.step.as_deref(), r.action.as_deref(), r.outcome.as_str()))
+        .map(|r| {
+            (
+                r.record,
+                r.step.as_deref(),
+                r.action.as_deref(),
+                r.outcome.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         steps,
         vec![
             (RecordKind::Step, Some("record"), Some("log.warn"), "ok"),
-            (RecordKind::Step, Some("announce"), Some("nats.publish"), "ok"),
+            (
+                RecordKind::Step,
+                Some("announce"),
+                Some("nats.publish"),
+                "ok"
+            ),
             (RecordKind::Notify, Some("notify-1"), Some("log.info"), "ok"),
             (RecordKind::Run, None, None, "ok"),
         ]
@@ -74,12 +116,24 @@ async fn an_event_on_a_bound_subject_produces_the_expected_audit_records() {
         assert_eq!(r.event_id.as_deref(), Some("evt-1"));
         assert_eq!(r.playbook.as_deref(), Some("shell-in-container"));
     }
-    let record_step = of_run.iter().find(|r| r.step.as_deref() == Some("record")).unwrap();
-    assert_eq!(record_step.args.as_ref().unwrap()["message"], "shell in c0ffee");
+    let record_step = of_run
+        .iter()
+        .find(|r| r.step.as_deref() == Some("record"))
+        .unwrap();
+    assert_eq!(
+        record_step.args.as_ref().unwrap()["message"],
+        "shell in c0ffee"
+    );
 
-    let msg = tokio::time::timeout(Duration::from_secs(5), derived.next()).await.unwrap().unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), derived.next())
+        .await
+        .unwrap()
+        .unwrap();
     let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-    assert_eq!(body, serde_json::json!({"container": "c0ffee", "severity": "critical"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"container": "c0ffee", "severity": "critical"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,39 +146,86 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
         &config,
         "engine:\n  max_payload_bytes: 4096\nbindings:\n  - { subject: 'falco.>', format: falco }\n  - { subject: 'audit.k8s', format: k8s-audit }\n  - { subject: 'raw.>', format: generic }\n",
     );
-    let _engine = Engine::start(&nats.url, &work.path().join("pb"), Some(&config), work.path());
+    let _engine = Engine::start(
+        &nats.url,
+        &work.path().join("pb"),
+        Some(&config),
+        work.path(),
+    );
     let client = nats.client().await;
 
     let malformed = b"{\"rule\": \"Terminal shell in container\", \"priority\": ".to_vec();
-    publish(&client, "falco.critical.x", &[malformed.clone()]).await;
-    let grype = std::fs::read(repo_root().join("engine/tests/fixtures/corpus/grype/grype_snapshot_empty.json")).unwrap();
+    publish(
+        &client,
+        "falco.critical.x",
+        std::slice::from_ref(&malformed),
+    )
+    .await;
+    let grype = std::fs::read(
+        repo_root().join("engine/tests/fixtures/corpus/grype/grype_snapshot_empty.json"),
+    )
+    .unwrap();
     publish(&client, "falco.warning.y", &[grype]).await;
     publish(&client, "audit.k8s", &[b"{\"kind\": 0}".to_vec()]).await;
-    let oversize = falco_alert(&"x".repeat(5000), "Terminal shell in container", "Critical", "big", "shop");
-    publish(&client, "falco.critical.z", &[oversize.clone()]).await;
-    let good = falco_alert("after-bad", "Terminal shell in container", "Critical", "beef", "shop");
+    let oversize = falco_alert(
+        &"x".repeat(5000),
+        "Terminal shell in container",
+        "Critical",
+        "big",
+        "shop",
+    );
+    publish(&client, "falco.critical.z", std::slice::from_ref(&oversize)).await;
+    let good = falco_alert(
+        "after-bad",
+        "Terminal shell in container",
+        "Critical",
+        "beef",
+        "shop",
+    );
     publish(&client, "falco.critical.w", &[good]).await;
 
-    let records = wait_for(&nats.url, Duration::from_secs(20), "four rejections and a run", |r| {
-        r.iter().filter(|x| x.record == RecordKind::Rejected).count() == 4
-            && r.iter().any(|x| x.record == RecordKind::Run && x.event_id.as_deref() == Some("after-bad"))
-    });
+    let records = wait_for(
+        &nats.url,
+        Duration::from_secs(20),
+        "four rejections and a run",
+        |r| {
+            r.iter()
+                .filter(|x| x.record == RecordKind::Rejected)
+                .count()
+                == 4
+                && r.iter().any(|x| {
+                    x.record == RecordKind::Run && x.event_id.as_deref() == Some("after-bad")
+                })
+        },
+    );
     // Processed concurrently: find each rejection by the subject it arrived on.
     let reason = |subject: &str| -> String {
         records
             .iter()
-            .find(|r| r.record == RecordKind::Rejected && r.event.as_ref().unwrap().subject == subject)
+            .find(|r| {
+                r.record == RecordKind::Rejected && r.event.as_ref().unwrap().subject == subject
+            })
             .unwrap_or_else(|| panic!("no rejection for {subject}"))
             .reason
             .clone()
             .unwrap()
     };
-    assert!(reason("falco.critical.x").starts_with("malformed JSON: EOF while parsing a value at line 1 column 52"));
-    assert_eq!(reason("falco.warning.y"), "not a falco payload: `rule` is missing");
-    assert_eq!(reason("audit.k8s"), "not a k8s-audit payload: `kind` must be \"Event\" or \"EventList\", got 0");
+    assert!(reason("falco.critical.x")
+        .starts_with("malformed JSON: EOF while parsing a value at line 1 column 52"));
+    assert_eq!(
+        reason("falco.warning.y"),
+        "not a falco payload: `rule` is missing"
+    );
+    assert_eq!(
+        reason("audit.k8s"),
+        "not a k8s-audit payload: `kind` must be \"Event\" or \"EventList\", got 0"
+    );
     assert_eq!(
         reason("falco.critical.z"),
-        format!("payload of {} bytes is over the limit of 4096 bytes", oversize.len())
+        format!(
+            "payload of {} bytes is over the limit of 4096 bytes",
+            oversize.len()
+        )
     );
 
     // Every rejected payload is kept, byte for byte, with its reason in the headers.
@@ -133,17 +234,39 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
     let mut kept = HashMap::new();
     for seq in 1..=4 {
         let m = stream.get_raw_message(seq).await.unwrap();
-        let subject = m.headers.get("Riposte-Subject").unwrap().as_str().to_owned();
+        let subject = m
+            .headers
+            .get("Riposte-Subject")
+            .unwrap()
+            .as_str()
+            .to_owned();
         kept.insert(subject, m);
     }
     let malformed_kept = &kept["falco.critical.x"];
     assert_eq!(malformed_kept.subject.as_str(), "riposte.deadletter.falco");
     assert_eq!(malformed_kept.payload.as_ref(), malformed.as_slice());
-    assert_eq!(malformed_kept.headers.get("Riposte-Reason-Code").unwrap().as_str(), "malformed");
+    assert_eq!(
+        malformed_kept
+            .headers
+            .get("Riposte-Reason-Code")
+            .unwrap()
+            .as_str(),
+        "malformed"
+    );
     let oversize_kept = &kept["falco.critical.z"];
     assert_eq!(oversize_kept.payload.as_ref(), oversize.as_slice());
-    assert_eq!(oversize_kept.headers.get("Riposte-Reason-Code").unwrap().as_str(), "too_large");
-    assert_eq!(kept["audit.k8s"].subject.as_str(), "riposte.deadletter.k8s-audit");
+    assert_eq!(
+        oversize_kept
+            .headers
+            .get("Riposte-Reason-Code")
+            .unwrap()
+            .as_str(),
+        "too_large"
+    );
+    assert_eq!(
+        kept["audit.k8s"].subject.as_str(),
+        "riposte.deadletter.k8s-audit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,22 +281,44 @@ async fn a_condition_that_never_ends_is_cut_off_and_other_events_still_flow() {
     let _engine = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
     let client = nats.client().await;
     let alerts: Vec<Vec<u8>> = (0..5)
-        .map(|i| falco_alert(&format!("loop-{i}"), "Terminal shell in container", "Critical", &format!("c{i}"), "shop"))
+        .map(|i| {
+            falco_alert(
+                &format!("loop-{i}"),
+                "Terminal shell in container",
+                "Critical",
+                &format!("c{i}"),
+                "shop",
+            )
+        })
         .collect();
     publish(&client, "falco.critical.t", &alerts).await;
     let records = wait_for(&nats.url, Duration::from_secs(30), "five runs", |r| {
         r.iter().filter(|x| x.record == RecordKind::Run).count() == 5
     });
-    let errors: Vec<_> = records.iter().filter(|r| r.record == RecordKind::ConditionError).collect();
+    let errors: Vec<_> = records
+        .iter()
+        .filter(|r| r.record == RecordKind::ConditionError)
+        .collect();
     assert_eq!(errors.len(), 5);
     for e in errors {
         assert_eq!(e.playbook.as_deref(), Some("forever"));
-        assert!(e.reason.as_deref().unwrap().contains("cut off by the sandbox"), "{e:?}");
+        assert!(
+            e.reason
+                .as_deref()
+                .unwrap()
+                .contains("cut off by the sandbox"),
+            "{e:?}"
+        );
     }
-    assert!(records.iter().all(|r| r.playbook.as_deref() != Some("forever") || r.record == RecordKind::ConditionError));
+    assert!(records.iter().all(
+        |r| r.playbook.as_deref() != Some("forever") || r.record == RecordKind::ConditionError
+    ));
     let (code, metrics) = http_get(&_engine.metrics, "/metrics").unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains("riposte_condition_errors_total 5"), "{metrics}");
+    assert!(
+        metrics.contains("riposte_condition_errors_total 5"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,17 +332,34 @@ async fn an_engine_killed_mid_stream_records_every_run_exactly_once() {
     let mut first = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
     first.stop();
     let alerts: Vec<Vec<u8>> = (0..EVENTS)
-        .map(|i| falco_alert(&format!("k-{i}"), "Terminal shell in container", "Critical", &format!("{i:06x}"), "shop"))
+        .map(|i| {
+            falco_alert(
+                &format!("k-{i}"),
+                "Terminal shell in container",
+                "Critical",
+                &format!("{i:06x}"),
+                "shop",
+            )
+        })
         .collect();
     publish(&client, "falco.critical.kill", &alerts).await;
 
     let mut engine = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
-    wait_for(&nats.url, Duration::from_secs(60), "some runs before the kill", |r| {
-        r.iter().filter(|x| x.record == RecordKind::Run).count() >= 300
-    });
+    wait_for(
+        &nats.url,
+        Duration::from_secs(60),
+        "some runs before the kill",
+        |r| r.iter().filter(|x| x.record == RecordKind::Run).count() >= 300,
+    );
     engine.kill_hard();
-    let at_kill = audit_records(&nats.url).iter().filter(|x| x.record == RecordKind::Run).count();
-    assert!(at_kill < EVENTS, "the engine finished before it was killed; raise EVENTS");
+    let at_kill = audit_records(&nats.url)
+        .iter()
+        .filter(|x| x.record == RecordKind::Run)
+        .count();
+    assert!(
+        at_kill < EVENTS,
+        "the engine finished before it was killed; raise EVENTS"
+    );
 
     let _again = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
     let records = wait_for(&nats.url, Duration::from_secs(120), "every run", |r| {
@@ -205,22 +367,36 @@ async fn an_engine_killed_mid_stream_records_every_run_exactly_once() {
     });
     // Give a late duplicate the chance to show up.
     std::thread::sleep(Duration::from_secs(2));
-    let records = if records.len() < audit_records(&nats.url).len() { audit_records(&nats.url) } else { records };
+    let records = if records.len() < audit_records(&nats.url).len() {
+        audit_records(&nats.url)
+    } else {
+        records
+    };
 
     let mut runs_per_event: HashMap<String, usize> = HashMap::new();
     for r in records.iter().filter(|r| r.record == RecordKind::Run) {
-        *runs_per_event.entry(r.event_id.clone().unwrap()).or_default() += 1;
+        *runs_per_event
+            .entry(r.event_id.clone().unwrap())
+            .or_default() += 1;
         assert_eq!(r.outcome, "ok");
     }
     assert_eq!(runs_per_event.len(), EVENTS, "an event has no run");
-    assert!(runs_per_event.values().all(|n| *n == 1), "a run was recorded twice");
+    assert!(
+        runs_per_event.values().all(|n| *n == 1),
+        "a run was recorded twice"
+    );
     let mut steps: HashMap<(String, String), usize> = HashMap::new();
     for r in records.iter().filter(|r| r.record == RecordKind::Step) {
-        *steps.entry((r.run_id.clone().unwrap(), r.step.clone().unwrap())).or_default() += 1;
+        *steps
+            .entry((r.run_id.clone().unwrap(), r.step.clone().unwrap()))
+            .or_default() += 1;
     }
     assert_eq!(steps.len(), EVENTS * 2);
     assert!(steps.values().all(|n| *n == 1), "a step was recorded twice");
-    let event_records = records.iter().filter(|r| r.record == RecordKind::Event).count();
+    let event_records = records
+        .iter()
+        .filter(|r| r.record == RecordKind::Event)
+        .count();
     assert_eq!(event_records, EVENTS);
 }
 
@@ -234,20 +410,53 @@ async fn dedup_windows_are_shared_through_the_kv_store() {
     );
     let client = nats.client().await;
     let mut first = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
-    publish(&client, "falco.critical.a", &[falco_alert("d-1", "Some rule", "Critical", "same", "shop")]).await;
-    wait_for(&nats.url, Duration::from_secs(20), "the first run", |r| r.iter().any(|x| x.record == RecordKind::Run));
+    publish(
+        &client,
+        "falco.critical.a",
+        &[falco_alert("d-1", "Some rule", "Critical", "same", "shop")],
+    )
+    .await;
+    wait_for(&nats.url, Duration::from_secs(20), "the first run", |r| {
+        r.iter().any(|x| x.record == RecordKind::Run)
+    });
     first.stop();
     // Another engine process (a replica, or a restart) sees the same window.
     let _second = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
-    publish(&client, "falco.critical.a", &[falco_alert("d-2", "Some rule", "Critical", "same", "shop")]).await;
-    publish(&client, "falco.critical.a", &[falco_alert("d-3", "Some rule", "Critical", "other", "shop")]).await;
-    let records = wait_for(&nats.url, Duration::from_secs(20), "dedup and a second run", |r| {
-        r.iter().any(|x| x.record == RecordKind::Dedup) && r.iter().filter(|x| x.record == RecordKind::Run).count() == 2
-    });
-    let dedup = records.iter().find(|r| r.record == RecordKind::Dedup).unwrap();
+    publish(
+        &client,
+        "falco.critical.a",
+        &[falco_alert("d-2", "Some rule", "Critical", "same", "shop")],
+    )
+    .await;
+    publish(
+        &client,
+        "falco.critical.a",
+        &[falco_alert("d-3", "Some rule", "Critical", "other", "shop")],
+    )
+    .await;
+    let records = wait_for(
+        &nats.url,
+        Duration::from_secs(20),
+        "dedup and a second run",
+        |r| {
+            r.iter().any(|x| x.record == RecordKind::Dedup)
+                && r.iter().filter(|x| x.record == RecordKind::Run).count() == 2
+        },
+    );
+    let dedup = records
+        .iter()
+        .find(|r| r.record == RecordKind::Dedup)
+        .unwrap();
     assert_eq!(dedup.event_id.as_deref(), Some("d-2"));
     assert_eq!(dedup.outcome, "suppressed");
-    assert!(dedup.reason.as_deref().unwrap().contains("dedup key `same` is held by run"), "{dedup:?}");
+    assert!(
+        dedup
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("dedup key `same` is held by run"),
+        "{dedup:?}"
+    );
 }
 
 #[test]
@@ -262,7 +471,10 @@ fn run_refuses_to_start_on_an_invalid_playbook_set_and_says_why() {
     let code = engine.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(2));
     let log = engine.log_text();
-    assert!(log.contains("the playbook set is invalid (2 problem(s))"), "{log}");
+    assert!(
+        log.contains("the playbook set is invalid (2 problem(s))"),
+        "{log}"
+    );
     assert!(log.contains("bad.yaml:5:"), "{log}");
     assert!(log.contains("unknown connector `docker`"), "{log}");
 }

@@ -180,7 +180,7 @@ pub enum AuditSink {
     /// The audit stream.
     JetStream {
         /// The JetStream context.
-        js: jetstream::Context,
+        js: Box<jetstream::Context>,
         /// Subject prefix: batches go to `<prefix>.records`, records published ahead of their
         /// batch to `<prefix>.started`.
         subject: String,
@@ -216,7 +216,12 @@ impl AuditSink {
         }
     }
 
-    async fn publish(&self, subject_suffix: &str, id: String, body: Vec<u8>) -> Result<(), AuditError> {
+    async fn publish(
+        &self,
+        subject_suffix: &str,
+        id: String,
+        body: Vec<u8>,
+    ) -> Result<(), AuditError> {
         let AuditSink::JetStream { js, subject } = self else {
             return Ok(());
         };
@@ -249,11 +254,17 @@ impl AuditBatch {
 
     /// Stores a record at once, ahead of its batch (before a destructive action runs, so the
     /// attempt is on record even if the engine dies during it). It stays in the batch too.
-    pub async fn publish_now(&mut self, scope: &str, record: AuditRecord) -> Result<(), AuditError> {
+    pub async fn publish_now(
+        &mut self,
+        scope: &str,
+        record: AuditRecord,
+    ) -> Result<(), AuditError> {
         if let AuditSink::JetStream { .. } = &self.sink {
             let body = serde_json::to_vec(&record)
                 .map_err(|e| AuditError(format!("cannot encode a record: {e}")))?;
-            self.sink.publish("started", record.dedup_id(scope), body).await?;
+            self.sink
+                .publish("started", record.dedup_id(scope), body)
+                .await?;
         }
         self.records.push(record);
         Ok(())
@@ -273,7 +284,9 @@ impl AuditBatch {
                 for r in &self.records {
                     let line = serde_json::to_vec(r)
                         .map_err(|e| AuditError(format!("cannot encode a record: {e}")))?;
-                    let fits = parts.last().is_some_and(|p| p.len() + line.len() < MAX_MESSAGE);
+                    let fits = parts
+                        .last()
+                        .is_some_and(|p| p.len() + line.len() < MAX_MESSAGE);
                     if !fits {
                         parts.push(Vec::new());
                     }
@@ -284,7 +297,11 @@ impl AuditBatch {
                 }
                 let many = parts.len() > 1;
                 for (i, body) in parts.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
-                    let id = if many { format!("{}#{i}", self.id) } else { self.id.clone() };
+                    let id = if many {
+                        format!("{}#{i}", self.id)
+                    } else {
+                        self.id.clone()
+                    };
                     self.sink.publish("records", id, body).await?;
                 }
                 Ok(())

@@ -40,7 +40,10 @@ impl Query {
         self.playbook
             .as_ref()
             .is_none_or(|p| r.playbook.as_ref() == Some(p))
-            && self.run.as_ref().is_none_or(|id| r.run_id.as_ref() == Some(id))
+            && self
+                .run
+                .as_ref()
+                .is_none_or(|id| r.run_id.as_ref() == Some(id))
     }
 }
 
@@ -51,10 +54,9 @@ pub async fn read(q: Query, shutdown: CancellationToken) -> Result<i32> {
     let client = crate::bus::connect(&config.nats, &url, "riposte audit").await?;
     let js = crate::bus::jetstream(client);
     let name = &config.engine.names.audit_stream;
-    let stream = js
-        .get_stream(name)
-        .await
-        .with_context(|| format!("no audit stream `{name}` on {url} (has the engine run there?)"))?;
+    let stream = js.get_stream(name).await.with_context(|| {
+        format!("no audit stream `{name}` on {url} (has the engine run there?)")
+    })?;
     let deliver_policy = match &q.since {
         None => DeliverPolicy::All,
         Some(s) => {

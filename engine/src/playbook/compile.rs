@@ -210,7 +210,10 @@ impl Compiler<'_> {
             );
         }
         if doc.kind != "Playbook" {
-            self.report("kind", format!("kind must be `Playbook`, not `{}`", doc.kind));
+            self.report(
+                "kind",
+                format!("kind must be `Playbook`, not `{}`", doc.kind),
+            );
         }
         let name = doc.metadata.name.clone();
         if !valid_name(&name) {
@@ -220,12 +223,19 @@ impl Compiler<'_> {
             );
         }
         let spec = doc.spec;
-        let condition = spec.matching.when.as_deref().and_then(|text| self.condition(text));
+        let condition = spec
+            .matching
+            .when
+            .as_deref()
+            .and_then(|text| self.condition(text));
         let vars = self.vars(&spec.vars);
         let dedup = spec.dedup.as_ref().and_then(|d| {
             let t = self.template(&d.key, "spec.dedup.key", Context::Vars)?;
             if d.window.get().is_zero() {
-                self.report("spec.dedup.window", "the dedup window must be longer than 0s");
+                self.report(
+                    "spec.dedup.window",
+                    "the dedup window must be longer than 0s",
+                );
             }
             Some((t, d.window.get()))
         });
@@ -248,7 +258,10 @@ impl Compiler<'_> {
                     format!("step id `{}` must match [a-z][a-z0-9_]* (it is used as `steps.{}` in expressions)", s.id, s.id),
                 );
             } else if !ids.insert(s.id.clone()) {
-                self.report(&format!("{path}.id"), format!("step id `{}` is used twice", s.id));
+                self.report(
+                    &format!("{path}.id"),
+                    format!("step id `{}` is used twice", s.id),
+                );
             }
             if let Some(step) = self.step(s, &path, false) {
                 steps.push(step);
@@ -274,7 +287,10 @@ impl Compiler<'_> {
                     if step.action.spec.message_param.is_none() {
                         self.report(
                             &format!("{path}.action"),
-                            format!("`{}` has no default message: give its arguments in `with`", step.action),
+                            format!(
+                                "`{}` has no default message: give its arguments in `with`",
+                                step.action
+                            ),
                         );
                     }
                     step.with = None;
@@ -287,7 +303,10 @@ impl Compiler<'_> {
             match (&t.event_file, &t.event) {
                 (Some(_), Some(_)) | (None, None) => self.report(
                     &path,
-                    format!("test `{}` needs exactly one of `event_file` and `event`", t.name),
+                    format!(
+                        "test `{}` needs exactly one of `event_file` and `event`",
+                        t.name
+                    ),
                 ),
                 (Some(f), None) => {
                     let full = self.file.parent().unwrap_or(Path::new(".")).join(f);
@@ -332,7 +351,10 @@ impl Compiler<'_> {
             }
         };
         if let Some(found) = self.sandbox.probe_non_bool(&ast) {
-            self.report(path, format!("`when` must return a bool, but it returns {found}"));
+            self.report(
+                path,
+                format!("`when` must return a bool, but it returns {found}"),
+            );
         }
         let native = NativeClauses::extract(text);
         let ast = if native.complete { None } else { Some(ast) };
@@ -348,14 +370,19 @@ impl Compiler<'_> {
         for (name, value) in &vars.0 {
             let path = format!("spec.vars.{name}");
             if !valid_step_id(name) {
-                self.report(&path, format!("var name `{name}` must match [a-z][a-z0-9_]*"));
+                self.report(
+                    &path,
+                    format!("var name `{name}` must match [a-z][a-z0-9_]*"),
+                );
                 continue;
             }
             match value {
-                Value::String(text) => match Template::expression(text, self.sandbox, Context::Vars) {
-                    Ok(t) => out.push((name.clone(), ValueTemplate::Template(t))),
-                    Err(e) => self.report_script(&path, &format!("in var `{name}`"), e),
-                },
+                Value::String(text) => {
+                    match Template::expression(text, self.sandbox, Context::Vars) {
+                        Ok(t) => out.push((name.clone(), ValueTemplate::Template(t))),
+                        Err(e) => self.report_script(&path, &format!("in var `{name}`"), e),
+                    }
+                }
                 other => out.push((name.clone(), ValueTemplate::Literal(other.clone()))),
             }
         }
@@ -399,18 +426,22 @@ impl Compiler<'_> {
             });
         }
         self.check_params(&action, s, &with_path, default_message);
-        let when = s.when.as_deref().and_then(|text| {
-            match self.sandbox.compile(text, Context::Run) {
-                Ok(ast) => Some(ast),
-                Err(e) => {
-                    self.report_script(&format!("{path}.when"), "in `when`", e);
-                    None
-                }
-            }
-        });
+        let when =
+            s.when
+                .as_deref()
+                .and_then(|text| match self.sandbox.compile(text, Context::Run) {
+                    Ok(ast) => Some(ast),
+                    Err(e) => {
+                        self.report_script(&format!("{path}.when"), "in `when`", e);
+                        None
+                    }
+                });
         let (attempts, backoff) = self.retry(s.retry.as_ref(), path);
         if s.timeout.is_some_and(|t| t.get().is_zero()) {
-            self.report(&format!("{path}.timeout"), "the timeout must be longer than 0s");
+            self.report(
+                &format!("{path}.timeout"),
+                "the timeout must be longer than 0s",
+            );
         }
         Some(Step {
             id: s.id.clone(),
@@ -444,14 +475,20 @@ impl Compiler<'_> {
 
     fn action(&mut self, text: &str, path: &str) -> Option<ActionRef> {
         let Some((instance, action)) = text.split_once('.') else {
-            self.report(path, format!("action `{text}` must be `<connector>.<action>`, e.g. `log.info`"));
+            self.report(
+                path,
+                format!("action `{text}` must be `<connector>.<action>`, e.g. `log.info`"),
+            );
             return None;
         };
         let Some(kind) = self.catalog.kind(instance) else {
             let known: Vec<&str> = self.catalog.instances().map(|(n, _)| n).collect();
             self.report(
                 path,
-                format!("unknown connector `{instance}` (configured: {})", known.join(", ")),
+                format!(
+                    "unknown connector `{instance}` (configured: {})",
+                    known.join(", ")
+                ),
             );
             return None;
         };
@@ -459,7 +496,10 @@ impl Compiler<'_> {
             let known: Vec<&str> = kind.actions().iter().map(|a| a.name).collect();
             self.report(
                 path,
-                format!("connector `{instance}` ({kind}) has no action `{action}` (it has: {})", known.join(", ")),
+                format!(
+                    "connector `{instance}` ({kind}) has no action `{action}` (it has: {})",
+                    known.join(", ")
+                ),
             );
             return None;
         };
@@ -482,7 +522,10 @@ impl Compiler<'_> {
                 let known: Vec<&str> = action.spec.params.iter().map(|p| p.name).collect();
                 self.report(
                     &format!("{with_path}.{key}"),
-                    format!("`{action}` has no parameter `{key}` (it has: {})", known.join(", ")),
+                    format!(
+                        "`{action}` has no parameter `{key}` (it has: {})",
+                        known.join(", ")
+                    ),
                 );
                 continue;
             };
@@ -496,7 +539,11 @@ impl Compiler<'_> {
             if !templated && !fits {
                 self.report(
                     &format!("{with_path}.{key}"),
-                    format!("parameter `{key}` of `{action}` must be of type {}, got {}", p.ty.as_str(), json_type(value)),
+                    format!(
+                        "parameter `{key}` of `{action}` must be of type {}, got {}",
+                        p.ty.as_str(),
+                        json_type(value)
+                    ),
                 );
             }
         }
@@ -505,10 +552,14 @@ impl Compiler<'_> {
             return;
         }
         for p in action.spec.params.iter().filter(|p| p.required) {
-            if !s.with.contains_key(p.name) && !(default_message && Some(p.name) == action.spec.message_param) {
+            let filled_by_default = default_message && Some(p.name) == action.spec.message_param;
+            if !(s.with.contains_key(p.name) || filled_by_default) {
                 self.report(
                     with_path,
-                    format!("`{action}` needs parameter `{}` ({})", p.name, p.description),
+                    format!(
+                        "`{action}` needs parameter `{}` ({})",
+                        p.name, p.description
+                    ),
                 );
             }
         }

@@ -191,15 +191,39 @@ mod tests {
     #[test]
     fn finds_nodes_by_path() {
         let p = Positions::index(DOC);
-        assert_eq!(p.of("apiVersion"), Pos { line: 1, column: 13 });
-        assert_eq!(p.of("spec.steps[1].action"), Pos { line: 11, column: 15 });
+        assert_eq!(
+            p.of("apiVersion"),
+            Pos {
+                line: 1,
+                column: 13
+            }
+        );
+        assert_eq!(
+            p.of("spec.steps[1].action"),
+            Pos {
+                line: 11,
+                column: 15
+            }
+        );
         assert_eq!(p.of("spec.steps[1].with.x"), p.of("spec.steps[1]"));
     }
 
     #[test]
     fn maps_positions_inside_block_and_quoted_scalars() {
         let p = Positions::index(DOC);
-        assert_eq!(p.inside("spec.match.when", 2, 12), Pos { line: 6, column: 18 });
-        assert_eq!(p.inside("spec.steps[1].action", 1, 1), Pos { line: 11, column: 16 });
+        assert_eq!(
+            p.inside("spec.match.when", 2, 12),
+            Pos {
+                line: 6,
+                column: 18
+            }
+        );
+        assert_eq!(
+            p.inside("spec.steps[1].action", 1, 1),
+            Pos {
+                line: 11,
+                column: 16
+            }
+        );
     }
 }

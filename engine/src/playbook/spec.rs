@@ -247,7 +247,10 @@ impl<'de> Deserialize<'de> for OrderedMap {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a map of names to expressions")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedMap, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OrderedMap, A::Error> {
                 let mut entries: Vec<(String, Value)> = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, Value>()? {
                     if entries.iter().any(|(name, _)| *name == k) {

@@ -82,7 +82,11 @@ impl Template {
     }
 
     /// A template that is one whole Rhai expression (a `vars` entry).
-    pub fn expression(text: &str, sandbox: &Sandbox, ctx: Context) -> Result<Template, ScriptError> {
+    pub fn expression(
+        text: &str,
+        sandbox: &Sandbox,
+        ctx: Context,
+    ) -> Result<Template, ScriptError> {
         Ok(Template {
             pieces: vec![Piece::Expr(sandbox.compile_expression(text, ctx)?)],
             source: text.to_owned(),
@@ -170,15 +174,13 @@ impl ValueTemplate {
         on_error: &mut dyn FnMut(&str, TemplateError),
     ) -> ValueTemplate {
         match value {
-            Value::String(s) if s.contains("${{") => {
-                match Template::compile(s, sandbox, ctx) {
-                    Ok(t) => ValueTemplate::Template(t),
-                    Err(e) => {
-                        on_error(path, e);
-                        ValueTemplate::Literal(value.clone())
-                    }
+            Value::String(s) if s.contains("${{") => match Template::compile(s, sandbox, ctx) {
+                Ok(t) => ValueTemplate::Template(t),
+                Err(e) => {
+                    on_error(path, e);
+                    ValueTemplate::Literal(value.clone())
                 }
-            }
+            },
             Value::Array(items) if contains_template(value) => ValueTemplate::Array(
                 items
                     .iter()
@@ -280,7 +282,10 @@ mod tests {
 
     #[test]
     fn mixed_text_is_joined_as_a_string() {
-        assert_eq!(render("pod ${{ event.name }} x${{ event.n }}"), json!("pod web x3"));
+        assert_eq!(
+            render("pod ${{ event.name }} x${{ event.n }}"),
+            json!("pod web x3")
+        );
         assert_eq!(render("${{ event.missing }}!"), json!("!"));
         assert_eq!(render("no template"), json!("no template"));
     }
