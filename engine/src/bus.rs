@@ -59,6 +59,10 @@ pub enum BusError {
     },
 }
 
+/// Subjects every engine captures, bound or not: `riposte.in.<format>`.
+pub const INGEST_SUBJECTS: &str = "riposte.in.>";
+const INGEST_PREFIX: &str = "riposte.in.";
+
 /// How long the server waits for an acknowledgement before redelivering. Runs that take longer
 /// send progress signals.
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
@@ -125,9 +129,11 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
 /// Creates or updates the events, audit and dead-letter streams.
 pub async fn ensure_streams(js: &jetstream::Context, config: &Config) -> Result<(), BusError> {
     let names = &config.engine.names;
-    let mut subjects: Vec<String> = Vec::new();
+    // `riposte.in.>` is always captured, so a payload sent to `riposte.in.<unknown format>` is
+    // dead-lettered with its reason instead of being refused to its producer.
+    let mut subjects: Vec<String> = vec![INGEST_SUBJECTS.to_owned()];
     for b in &config.bindings {
-        if !subjects.contains(&b.subject) {
+        if !subjects.contains(&b.subject) && !b.subject.starts_with(INGEST_PREFIX) {
             subjects.push(b.subject.clone());
         }
     }

@@ -45,6 +45,48 @@ pub enum EmbeddedError {
     },
 }
 
+/// The file where the embedded server's process id is written.
+fn pid_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("nats.pid")
+}
+
+/// A server left running by an engine that was killed (SIGKILL leaves no chance to stop it)
+/// still holds the JetStream store: stop it before starting a new one.
+async fn stop_orphan(data_dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file(data_dir))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let store = data_dir.join("jetstream");
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        cmd.contains("nats-server") && cmd.contains(&store.display().to_string())
+    });
+    if !ours {
+        return;
+    }
+    tracing::warn!(
+        pid,
+        "stopping a nats-server left running by an earlier engine"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .await;
+}
+
 /// The file where the URL of the embedded server is written.
 pub fn url_file(data_dir: &Path) -> PathBuf {
     data_dir.join("nats.url")
@@ -71,6 +113,7 @@ impl EmbeddedNats {
             reason: e.to_string(),
         };
         std::fs::create_dir_all(data_dir.join("jetstream")).map_err(dir_err)?;
+        stop_orphan(data_dir).await;
         let program = program.map_or_else(|| PathBuf::from("nats-server"), Path::to_path_buf);
         let port = free_port(4222).map_err(dir_err)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -82,6 +125,9 @@ impl EmbeddedNats {
             port,
         };
         let child = spec.spawn()?;
+        if let Some(pid) = child.id() {
+            std::fs::write(pid_file(data_dir), format!("{pid}\n")).map_err(dir_err)?;
+        }
         wait_ready(addr, Duration::from_secs(15))
             .await
             .map_err(|_| EmbeddedError::NotReady {

@@ -188,3 +188,14 @@ fn explain_says_why_a_payload_is_rejected() {
         "{out}"
     );
 }
+
+#[test]
+fn the_deployment_config_is_valid_for_the_shipped_playbooks() {
+    let (code, out, err) = riposte(&[
+        "check",
+        &repo("playbooks"),
+        "--config",
+        &repo("deploy/riposte.yaml"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -157,12 +157,25 @@ impl Engine {
 
     /// Starts the engine without waiting.
     pub fn spawn(nats: &str, playbooks: &Path, config: Option<&Path>, work: &Path) -> Engine {
+        Engine::spawn_with(Some(nats), playbooks, config, work)
+    }
+
+    /// Starts the engine, with its embedded nats-server when `nats` is `None`.
+    pub fn spawn_with(
+        nats: Option<&str>,
+        playbooks: &Path,
+        config: Option<&Path>,
+        work: &Path,
+    ) -> Engine {
         let port = free_port();
         let metrics = format!("127.0.0.1:{port}");
         let log = work.join(format!("engine-{port}.log"));
         let mut cmd = Command::new(riposte_bin());
-        cmd.args(["run", "--nats", nats, "--metrics-listen", &metrics])
-            .arg("--playbooks")
+        cmd.args(["run", "--metrics-listen", &metrics]);
+        if let Some(url) = nats {
+            cmd.args(["--nats", url]);
+        }
+        cmd.arg("--playbooks")
             .arg(playbooks)
             .arg("--data-dir")
             .arg(work.join("data"))

@@ -175,6 +175,7 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
         "shop",
     );
     publish(&client, "falco.critical.z", std::slice::from_ref(&oversize)).await;
+    publish(&client, "riposte.in.nope", &[b"{}".to_vec()]).await;
     let good = falco_alert(
         "after-bad",
         "Terminal shell in container",
@@ -187,12 +188,12 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
     let records = wait_for(
         &nats.url,
         Duration::from_secs(20),
-        "four rejections and a run",
+        "five rejections and a run",
         |r| {
             r.iter()
                 .filter(|x| x.record == RecordKind::Rejected)
                 .count()
-                == 4
+                == 5
                 && r.iter().any(|x| {
                     x.record == RecordKind::Run && x.event_id.as_deref() == Some("after-bad")
                 })
@@ -221,6 +222,10 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
         "not a k8s-audit payload: `kind` must be \"Event\" or \"EventList\", got 0"
     );
     assert_eq!(
+        reason("riposte.in.nope"),
+        "no format is bound to subject `riposte.in.nope`"
+    );
+    assert_eq!(
         reason("falco.critical.z"),
         format!(
             "payload of {} bytes is over the limit of 4096 bytes",
@@ -232,7 +237,7 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream("RIPOSTE_DEADLETTER").await.unwrap();
     let mut kept = HashMap::new();
-    for seq in 1..=4 {
+    for seq in 1..=5 {
         let m = stream.get_raw_message(seq).await.unwrap();
         let subject = m
             .headers
@@ -266,6 +271,19 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
     assert_eq!(
         kept["audit.k8s"].subject.as_str(),
         "riposte.deadletter.k8s-audit"
+    );
+    assert_eq!(
+        kept["riposte.in.nope"].subject.as_str(),
+        "riposte.deadletter.unbound"
+    );
+    let (_, metrics) = http_get(&_engine.metrics, "/metrics").unwrap();
+    for reason in ["malformed", "wrong_shape", "too_large", "unbound"] {
+        let line = format!("riposte_events_dead_lettered_total{{reason=\"{reason}\"}}");
+        assert!(metrics.contains(&line), "{line} missing in {metrics}");
+    }
+    assert!(
+        metrics.contains("riposte_events_dead_lettered_total{reason=\"wrong_shape\"} 2"),
+        "{metrics}"
     );
 }
 
@@ -477,4 +495,94 @@ fn run_refuses_to_start_on_an_invalid_playbook_set_and_says_why() {
     );
     assert!(log.contains("bad.yaml:5:"), "{log}");
     assert!(log.contains("unknown connector `docker`"), "{log}");
+}
+
+/// The process id written by the embedded server's supervisor, if that process is alive.
+fn embedded_pid(data: &std::path::Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(data.join("nats.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
+}
+
+#[test]
+fn without_a_nats_url_run_starts_supervises_and_stops_its_own_server() {
+    let work = tempfile::tempdir().unwrap();
+    write(&work.path().join("pb/shell.yaml"), SHELL_PLAYBOOK);
+    let data = work.path().join("data");
+    let mut engine = Engine::spawn_with(None, &work.path().join("pb"), None, work.path());
+    engine.wait_ready(Duration::from_secs(30));
+    let url = std::fs::read_to_string(data.join("nats.url"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(url.starts_with("nats://127.0.0.1:"), "{url}");
+    let first_server = embedded_pid(&data).expect("the embedded server runs");
+
+    let alert = work.path().join("alert.json");
+    std::fs::write(
+        &alert,
+        falco_alert(
+            "embedded-1",
+            "Terminal shell in container",
+            "Critical",
+            "e1",
+            "shop",
+        ),
+    )
+    .unwrap();
+    let out = cli(&[
+        "publish",
+        alert.to_str().unwrap(),
+        "--subject",
+        "falco.critical.x",
+        "--nats",
+        &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(&url, Duration::from_secs(20), "the run", |r| {
+        r.iter().any(|x| x.record == RecordKind::Run)
+    });
+
+    // Killed without a chance to clean up, the engine leaves its server behind; the next start
+    // stops that orphan (it holds the store) and starts its own, with the events still there.
+    engine.kill_hard();
+    assert!(embedded_pid(&data).is_some(), "the orphan should still run");
+    let mut again = Engine::spawn_with(None, &work.path().join("pb"), None, work.path());
+    again.wait_ready(Duration::from_secs(30));
+    let second_server = embedded_pid(&data).expect("a new embedded server runs");
+    assert_ne!(first_server, second_server);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{first_server}")).exists(),
+        "the orphan was stopped"
+    );
+    let url = std::fs::read_to_string(data.join("nats.url"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let records = audit_records(&url);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.record == RecordKind::Run)
+            .count(),
+        1,
+        "the audit trail survived"
+    );
+
+    // SIGTERM stops the engine and its server.
+    again.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        embedded_pid(&data).is_none(),
+        "the embedded server was stopped with the engine"
+    );
 }
