@@ -32,13 +32,7 @@ pub(super) fn normalize(
     payload: &[u8],
     received: DateTime<Utc>,
 ) -> Result<Vec<Event>, FormatError> {
-    let docs = util::json_docs(payload)?;
-    let count = docs.len();
-    let mut events = Vec::new();
-    for (i, doc) in docs.iter().enumerate() {
-        events.extend(group(doc, received).map_err(|e| util::at_doc(i, count, e))?);
-    }
-    Ok(events)
+    util::per_doc(payload, |doc| group(doc, received))
 }
 
 /// An object of scalars as a map of strings (other values left out).
@@ -222,11 +216,7 @@ mod tests {
 
     use super::*;
 
-    fn received() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::formats::util::test_received as received;
 
     #[test]
     fn instance_loses_its_port() {

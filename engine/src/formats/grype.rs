@@ -169,11 +169,7 @@ mod tests {
     use super::*;
     use crate::event::Severity;
 
-    fn received() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::formats::util::test_received as received;
 
     #[test]
     fn a_ghsa_match_and_its_cve_match_on_one_package_are_one_finding() {

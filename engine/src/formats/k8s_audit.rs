@@ -36,13 +36,7 @@ pub(super) fn normalize(
     payload: &[u8],
     received: DateTime<Utc>,
 ) -> Result<Vec<Event>, FormatError> {
-    let docs = util::json_docs(payload)?;
-    let count = docs.len();
-    let mut events = Vec::new();
-    for (i, doc) in docs.iter().enumerate() {
-        events.extend(events_of(doc, received).map_err(|e| util::at_doc(i, count, e))?);
-    }
-    Ok(events)
+    util::per_doc(payload, |doc| events_of(doc, received))
 }
 
 /// A scalar for an error message; the type for anything bigger.
@@ -298,11 +292,7 @@ mod tests {
 
     use super::*;
 
-    fn received() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::formats::util::test_received as received;
 
     fn reason(payload: &str) -> String {
         match normalize(payload.as_bytes(), received()) {

@@ -461,11 +461,7 @@ mod tests {
 
     use super::*;
 
-    fn received() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::formats::util::test_received as received;
 
     fn reason(payload: &str) -> String {
         match normalize(payload.as_bytes(), received()) {

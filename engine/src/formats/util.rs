@@ -65,6 +65,29 @@ pub(crate) fn text(payload: &[u8]) -> Result<&str, FormatError> {
     Ok(text)
 }
 
+/// Normalizes every JSON document of a payload with `f`, naming the document in errors when
+/// there are several.
+pub(crate) fn per_doc(
+    payload: &[u8],
+    mut f: impl FnMut(&Doc<'_>) -> Result<Vec<Event>, FormatError>,
+) -> Result<Vec<Event>, FormatError> {
+    let docs = json_docs(payload)?;
+    let count = docs.len();
+    let mut events = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        events.extend(f(doc).map_err(|e| at_doc(i, count, e))?);
+    }
+    Ok(events)
+}
+
+/// The receive time unit tests use.
+#[cfg(test)]
+pub(crate) fn test_received() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
 /// Every JSON value of a payload: one value, a concatenated stream, or JSON Lines.
 pub(crate) fn json_docs(payload: &[u8]) -> Result<Vec<Doc<'_>>, FormatError> {
     json_docs_of(text(payload)?)
