@@ -34,12 +34,7 @@ pub(super) fn normalize(
     payload: &[u8],
     received: DateTime<Utc>,
 ) -> Result<Vec<Event>, FormatError> {
-    let docs = util::json_docs(payload)?;
-    let count = docs.len();
-    docs.iter()
-        .enumerate()
-        .map(|(i, doc)| report(doc, received).map_err(|e| util::at_doc(i, count, e)))
-        .collect()
+    util::per_doc(payload, |doc| report(doc, received).map(|e| vec![e]))
 }
 
 fn report(doc: &Doc<'_>, received: DateTime<Utc>) -> Result<Event, FormatError> {
