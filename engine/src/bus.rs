@@ -326,6 +326,20 @@ impl Processor {
             }
         };
         let mut audit = self.audit.batch(format!("ev:{}:{}", pos.stream, pos.seq));
+        if events.is_empty() {
+            // A valid payload with nothing in it (an empty EventList, an alert group without
+            // alerts) is still on record.
+            let mut rec = AuditRecord::new(
+                RecordKind::Event,
+                "no_events",
+                self.now_text(),
+                &self.runner.settings().replica,
+            );
+            rec.reason = Some("the payload holds no event".to_owned());
+            rec.event = Some(summary.clone());
+            audit.add(rec);
+            self.metrics.events_unmatched.inc();
+        }
         for (index, event) in events.iter().enumerate() {
             let view = EventView::new(event, self.matcher.needs_data());
             let crate::matcher::Matches { matched, errors } =

@@ -1,4 +1,27 @@
 //! riposte: an incident-response engine for container estates.
+//!
+//! Security events arrive on NATS JetStream, are normalized, matched to YAML playbooks whose
+//! conditions are Rhai expressions, and answered through connectors; every decision is recorded
+//! in an audit stream before the event is acknowledged.
+//!
+//! # Layout
+//! The modules follow the path of one event:
+//! - [`config`]: `riposte.yaml`, subject bindings, guards, limits, secrets from files.
+//! - [`event`]: the normalized event every playbook sees.
+//! - [`formats`]: one normalizer per producer format.
+//! - [`playbook`]: the riposte/v1 language: loading, checking, templates, native clauses.
+//! - [`script`]: the Rhai sandbox and its helpers.
+//! - [`matcher`]: which playbooks run for an event (index, native clauses, Rhai).
+//! - [`runner`]: one run: dedup, limits, vars, steps with guards, retries and timeouts, notify.
+//! - [`state`]: dedup windows and limit counters in JetStream KV.
+//! - [`audit`]: audit records, how they are stored and read back.
+//! - [`bus`]: streams, the shared consumer, dead letters, the life of one message.
+//! - [`metrics`]: Prometheus metrics and the health endpoints.
+//! - [`embedded`]: the nats-server `riposte run` starts when given no URL.
+//! - [`engine`]: start-up of `riposte run`.
+//! - [`testing`]: offline simulation behind `riposte test` and `riposte explain`.
+//! - [`cli`], [`bench`], [`schema`]: the commands.
+//! - [`clock`], [`duration`]: the time seam and human durations.
 
 pub mod audit;
 pub mod bench;

@@ -176,6 +176,7 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
     );
     publish(&client, "falco.critical.z", std::slice::from_ref(&oversize)).await;
     publish(&client, "riposte.in.nope", &[b"{}".to_vec()]).await;
+    publish(&client, "raw.empty", &[b"[]".to_vec()]).await;
     let good = falco_alert(
         "after-bad",
         "Terminal shell in container",
@@ -188,7 +189,7 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
     let records = wait_for(
         &nats.url,
         Duration::from_secs(20),
-        "five rejections and a run",
+        "five rejections, the empty payload and a run",
         |r| {
             r.iter()
                 .filter(|x| x.record == RecordKind::Rejected)
@@ -197,6 +198,8 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
                 && r.iter().any(|x| {
                     x.record == RecordKind::Run && x.event_id.as_deref() == Some("after-bad")
                 })
+                && r.iter()
+                    .any(|x| x.event.as_ref().is_some_and(|e| e.subject == "raw.empty"))
         },
     );
     // Processed concurrently: find each rejection by the subject it arrived on.
@@ -281,6 +284,14 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_the_engine_keeps_s
         let line = format!("riposte_events_dead_lettered_total{{reason=\"{reason}\"}}");
         assert!(metrics.contains(&line), "{line} missing in {metrics}");
     }
+    let empty = records
+        .iter()
+        .find(|r| r.event.as_ref().is_some_and(|e| e.subject == "raw.empty"))
+        .expect("the empty payload is on record");
+    assert_eq!(
+        (empty.record, empty.outcome.as_str()),
+        (RecordKind::Event, "no_events")
+    );
     assert!(
         metrics.contains("riposte_events_dead_lettered_total{reason=\"wrong_shape\"} 2"),
         "{metrics}"
