@@ -126,8 +126,9 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
         .build(client)
 }
 
-/// Creates or updates the events, audit and dead-letter streams.
-pub async fn ensure_streams(js: &jetstream::Context, config: &Config) -> Result<(), BusError> {
+/// Creates or updates the events, audit and dead-letter streams. Returns the events stream's
+/// identity for ids (see [`Position`]).
+pub async fn ensure_streams(js: &jetstream::Context, config: &Config) -> Result<String, BusError> {
     let names = &config.engine.names;
     // `riposte.in.>` is always captured, so a payload sent to `riposte.in.<unknown format>` is
     // dead-lettered with its reason instead of being refused to its producer.
@@ -169,16 +170,21 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &Config) -> Result<
             ..Default::default()
         },
     ];
+    let mut events_id = String::new();
     for cfg in streams {
         let name = cfg.name.clone();
-        js.create_or_update_stream(cfg)
+        let info = js
+            .create_or_update_stream(cfg)
             .await
             .map_err(|e| BusError::Setup {
                 what: format!("stream `{name}`"),
                 reason: e.to_string(),
             })?;
+        if name == names.events_stream {
+            events_id = format!("{name}@{}", info.created.unix_timestamp_nanos());
+        }
     }
-    Ok(())
+    Ok(events_id)
 }
 
 /// Creates or updates the durable consumer all replicas share.
@@ -229,6 +235,8 @@ pub struct Processor {
     pub metrics: Arc<Metrics>,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// The events stream's identity in ids: see [`Position`].
+    pub stream_id: String,
 }
 
 /// How a message was settled.
@@ -240,10 +248,12 @@ pub enum Settled {
     DeadLettered,
 }
 
-/// A message's identity for ids: stream name and sequence.
+/// A message's identity for ids: the stream (its name and creation time, so a recreated
+/// stream's sequences never collide with an earlier one's within the audit dedup window) and
+/// the sequence.
 #[derive(Debug, Clone)]
 pub struct Position {
-    /// The stream.
+    /// The stream's identity, `<name>@<created, Unix ns>`.
     pub stream: String,
     /// The stream sequence.
     pub seq: u64,
@@ -532,7 +542,7 @@ async fn handle(p: &Processor, msg: jetstream::Message, force: &CancellationToke
     let (pos, delivered) = match msg.info() {
         Ok(i) => (
             Position {
-                stream: i.stream.to_owned(),
+                stream: p.stream_id.clone(),
                 seq: i.stream_sequence,
             },
             i.delivered,

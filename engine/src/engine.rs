@@ -169,7 +169,7 @@ async fn serve(
     let client = bus::connect(&config.nats, &url, &format!("riposte {replica}")).await?;
     tracing::info!(%url, "connected to NATS");
     let js = bus::jetstream(client.clone());
-    bus::ensure_streams(&js, &config).await?;
+    let stream_id = bus::ensure_streams(&js, &config).await?;
     let state: Arc<dyn StateStore> =
         Arc::new(KvState::open(&js, &config.engine.names.kv_prefix).await?);
     let consumer = bus::ensure_consumer(&js, &config).await?;
@@ -206,6 +206,7 @@ async fn serve(
         metrics,
         clock,
         config,
+        stream_id,
     });
     bus::consume(processor, consumer, shutdown).await?;
     if let Err(e) = client.flush().await {

@@ -7,6 +7,8 @@
 //! per-attempt timeouts. It knows connectors only through their trait, and never touches the
 //! bus: what it decides goes to an [`AuditBatch`].
 
+mod message;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -311,7 +313,16 @@ impl Runner {
             let mut scope = run.scope(false);
             let rendered = match key.render_string(&self.sandbox, &mut scope) {
                 Ok(k) => k,
-                Err(e) => format!("<error: {e}>"),
+                Err(e) => {
+                    // Without its key a run could repeat what the window exists to prevent:
+                    // it does not run.
+                    let reason = format!("the dedup key failed: {e}");
+                    let mut rec = self.record(RecordKind::Run, RunOutcome::Failed.as_str(), run);
+                    rec.reason = Some(reason.clone());
+                    audit.add(rec);
+                    report.reason = Some(reason);
+                    return Ok(Some(RunOutcome::Failed));
+                }
             };
             let claim = self
                 .state
@@ -444,7 +455,7 @@ impl Runner {
         }
         let args = match &step.with {
             Some(t) => t.render(&self.sandbox, &mut scope),
-            None => Ok(self.default_message(run, step)),
+            None => Ok(message::default_message(run, step)),
         };
         let args = match args {
             Ok(Value::Object(map)) => map,
@@ -596,58 +607,6 @@ impl Runner {
         }
         None
     }
-
-    /// The enriched message of a notification without `with`.
-    fn default_message(&self, run: &RunCtx<'_>, step: &Step) -> Value {
-        let e = run.view.event;
-        let mut text = format!("[{}] {}", e.severity, e.title);
-        let mut place = Vec::new();
-        if let Some(c) = &e.resource.container {
-            let name = c.name.as_deref().or(c.id.as_deref()).unwrap_or("?");
-            place.push(match &c.image {
-                Some(img) => format!("container {name} ({img})"),
-                None => format!("container {name}"),
-            });
-        }
-        if let Some(pod) = &e.resource.pod {
-            place.push(format!(
-                "pod {}/{}",
-                pod.namespace.as_deref().unwrap_or("?"),
-                pod.name.as_deref().unwrap_or("?")
-            ));
-        }
-        if let Some(n) = e.resource.node.as_ref().and_then(|n| n.name.as_deref()) {
-            place.push(format!("node {n}"));
-        } else if let Some(h) = e.resource.host.as_ref().and_then(|h| h.name.as_deref()) {
-            place.push(format!("host {h}"));
-        }
-        if let Some(img) = e.resource.image.as_ref().and_then(|i| i.r#ref.as_deref()) {
-            if e.resource.container.is_none() && !e.title.contains(img) {
-                place.push(format!("image {img}"));
-            }
-        }
-        if !place.is_empty() {
-            text.push_str(" on ");
-            text.push_str(&place.join(", "));
-        }
-        let done: Vec<String> = run
-            .reports
-            .iter()
-            .filter(|r| !r.notify)
-            .map(|r| format!("{} {}", r.action, r.outcome.as_str()))
-            .collect();
-        text.push_str(&format!(
-            ". Playbook {}: {}",
-            run.pb.name,
-            run.outcome.map_or("ok", RunOutcome::as_str)
-        ));
-        if !done.is_empty() {
-            text.push_str(&format!(" ({})", done.join(", ")));
-        }
-        text.push_str(&format!(". Run {}, event {}.", run.run_id, e.id));
-        let param = step.action.spec.message_param.unwrap_or("message");
-        json!({ param: text })
-    }
 }
 
 /// The state of one run in progress.
@@ -685,3 +644,6 @@ impl RunCtx<'_> {
         scope
     }
 }
+
+#[cfg(test)]
+mod tests;

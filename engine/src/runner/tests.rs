@@ -1,0 +1,264 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use riposte_connectors::{ActionSpec, Args, Output, Plan};
+
+use super::*;
+use crate::audit::AuditSink;
+use crate::clock::FixedClock;
+use crate::config::Config;
+use crate::event::Source;
+use crate::playbook::{load_file, Catalog};
+
+/// A connector that answers from a script, optionally after a delay.
+#[derive(Debug, Default)]
+struct Scripted {
+    answers: Mutex<VecDeque<Result<Output, ConnectorError>>>,
+    calls: Mutex<u32>,
+    delay: Option<Duration>,
+}
+
+#[async_trait]
+impl Connector for Scripted {
+    fn actions(&self) -> &'static [ActionSpec] {
+        riposte_connectors::log::ACTIONS
+    }
+    fn plan(&self, _: &str, _: &Args) -> Result<Plan, ConnectorError> {
+        Ok(Plan {
+            description: "would act".into(),
+        })
+    }
+    async fn run(&self, _: &str, _: &Args) -> Result<Output, ConnectorError> {
+        *self.calls.lock().unwrap() += 1;
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
+        }
+        self.answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| Ok(Output::default()))
+    }
+}
+
+/// The same parameters as `log.info`, but destructive.
+static DESTRUCTIVE: ActionSpec = ActionSpec {
+    name: "info",
+    description: "a destructive stand-in",
+    params: riposte_connectors::log::ACTIONS[0].params,
+    destructive: true,
+    reversible: false,
+    message_param: None,
+};
+
+fn playbook(yaml: &str) -> Playbook {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        format!("apiVersion: riposte/v1\nkind: Playbook\nmetadata: {{ name: p }}\nspec:\n{yaml}"),
+    )
+    .unwrap();
+    let config = Config::default_with_bindings();
+    load_file(
+        &file,
+        &Catalog::from_config(&config),
+        &Sandbox::new(Arc::new(crate::clock::SystemClock)),
+    )
+    .unwrap()
+}
+
+fn runner(connector: Arc<Scripted>, config: &Config) -> Runner {
+    let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(chrono::Utc::now()));
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    connectors.insert("log".into(), connector);
+    Runner::new(
+        Sandbox::new(clock.clone()),
+        connectors,
+        Arc::new(crate::state::MemoryState::default()),
+        clock,
+        Arc::new(Metrics::new()),
+        crate::engine::runner_settings(config, false),
+    )
+}
+
+fn event(namespace: &str) -> crate::event::Event {
+    let payload = serde_json::json!({
+        "rule": "Terminal shell in container", "priority": "Critical", "output": "x",
+        "time": "2026-01-01T00:00:00Z",
+        "output_fields": {"container.id": "c1", "container.name": "web", "k8s.ns.name": namespace, "k8s.pod.name": "web-1"}
+    });
+    crate::formats::normalize(
+        Source::Falco,
+        payload.to_string().as_bytes(),
+        chrono::Utc::now(),
+    )
+    .unwrap()
+    .remove(0)
+}
+
+async fn run(r: &Runner, pb: &Playbook, e: &crate::event::Event) -> (RunReport, Vec<AuditRecord>) {
+    let sink = AuditSink::memory();
+    let mut batch = sink.batch("t");
+    let view = EventView::new(e, true);
+    let report = r.run(pb, &view, "r-1", &mut batch).await.unwrap();
+    batch.commit().await.unwrap();
+    (report, sink.recorded())
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_with_doubling_backoff() {
+    let c = Arc::new(Scripted::default());
+    c.answers.lock().unwrap().extend([
+        Err(ConnectorError::Transient("busy".into())),
+        Err(ConnectorError::Transient("busy".into())),
+    ]);
+    let pb = playbook("  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi }, retry: { attempts: 3, backoff: 1s } }\n");
+    let started = tokio::time::Instant::now();
+    let (report, records) = run(&runner(c.clone(), &Config::default()), &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::Ok);
+    assert_eq!(*c.calls.lock().unwrap(), 3);
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    let step = records
+        .iter()
+        .find(|r| r.record == RecordKind::Step)
+        .unwrap();
+    assert_eq!((step.outcome.as_str(), step.attempts), ("ok", Some(3)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_hangs_is_timed_out_and_counts_as_transient() {
+    let c = Arc::new(Scripted {
+        delay: Some(Duration::from_secs(3600)),
+        ..Default::default()
+    });
+    let pb = playbook("  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi }, timeout: 2s, retry: { attempts: 2, backoff: 1s } }\n");
+    let (report, records) = run(&runner(c.clone(), &Config::default()), &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert_eq!(*c.calls.lock().unwrap(), 2);
+    let step = records
+        .iter()
+        .find(|r| r.record == RecordKind::Step)
+        .unwrap();
+    assert_eq!(step.reason.as_deref(), Some("timed out after 2s"));
+}
+
+#[tokio::test]
+async fn a_permanent_failure_aborts_the_run_but_notifications_still_go_out() {
+    let c = Arc::new(Scripted::default());
+    c.answers
+        .lock()
+        .unwrap()
+        .push_back(Err(ConnectorError::Permanent("refused".into())));
+    let pb = playbook("  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi }, retry: { attempts: 5 } }\n    - { id: b, action: log.info, with: { message: hi } }\n  notify:\n    - { action: log.info, when: run.failed }\n");
+    let (report, _) = run(&runner(c.clone(), &Config::default()), &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    let outcomes: Vec<(&str, StepOutcome)> = report
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("a", StepOutcome::Failed),
+            ("b", StepOutcome::Skipped),
+            ("notify-1", StepOutcome::Ok)
+        ]
+    );
+    assert_eq!(
+        report.steps[1].reason.as_deref(),
+        Some("not run: step `a` failed")
+    );
+    assert_eq!(
+        *c.calls.lock().unwrap(),
+        2,
+        "no retry of a permanent failure; the notification ran"
+    );
+}
+
+#[tokio::test]
+async fn on_error_continue_goes_on_with_the_next_step() {
+    let c = Arc::new(Scripted::default());
+    c.answers
+        .lock()
+        .unwrap()
+        .push_back(Err(ConnectorError::Permanent("refused".into())));
+    let pb = playbook("  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi }, on_error: continue }\n    - { id: b, action: log.info, when: 'steps.a.outcome == \"failed\"', with: { message: 'after ${{ steps.a.outcome }}' } }\n");
+    let (report, _) = run(&runner(c, &Config::default()), &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert_eq!(report.steps[1].outcome, StepOutcome::Ok);
+    assert_eq!(
+        report.steps[1].args,
+        Some(serde_json::json!({"message": "after failed"}))
+    );
+}
+
+#[tokio::test]
+async fn destructive_actions_respect_guards_and_the_global_limit() {
+    let c = Arc::new(Scripted::default());
+    let mut pb = playbook(
+        "  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi } }\n",
+    );
+    pb.steps[0].action.spec = &DESTRUCTIVE;
+    let mut config = Config::default();
+    config.limits.max_destructive_actions = 1;
+    let r = runner(c.clone(), &config);
+
+    let (report, _) = run(&r, &pb, &event("kube-system")).await;
+    assert_eq!(report.steps[0].outcome, StepOutcome::Skipped);
+    assert_eq!(
+        report.steps[0].reason.as_deref(),
+        Some("guard: namespace `kube-system` is protected")
+    );
+
+    let (report, records) = run(&r, &pb, &event("shop")).await;
+    assert_eq!(report.steps[0].outcome, StepOutcome::Ok);
+    assert!(
+        records.iter().any(|x| x.record == RecordKind::StepStarted),
+        "a destructive step is on record before it runs"
+    );
+
+    let (report, records) = run(&r, &pb, &event("shop")).await;
+    assert_eq!(report.steps[0].outcome, StepOutcome::Skipped);
+    assert!(report.steps[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("global limit reached: 1 destructive actions per"));
+    assert!(records.iter().any(|x| x.record == RecordKind::Limit));
+    assert_eq!(*c.calls.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_dedup_key_that_fails_stops_the_run_before_any_action() {
+    let c = Arc::new(Scripted::default());
+    let pb = playbook("  match: {}\n  dedup: { key: '${{ event.labels.nothing.deeper }}', window: 5m }\n  steps:\n    - { id: a, action: log.info, with: { message: hi } }\n");
+    let (report, records) = run(&runner(c.clone(), &Config::default()), &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert!(report
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("the dedup key failed"));
+    assert_eq!(*c.calls.lock().unwrap(), 0);
+    assert_eq!(records.len(), 1);
+}
+
+#[tokio::test]
+async fn dry_run_playbooks_plan_and_never_act() {
+    let c = Arc::new(Scripted::default());
+    let pb = playbook("  mode: dry-run\n  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi } }\n");
+    let (report, records) = run(&runner(c.clone(), &Config::default()), &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::Planned);
+    assert_eq!(*c.calls.lock().unwrap(), 0);
+    assert!(records.iter().all(|r| r.dry_run));
+}
