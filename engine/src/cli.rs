@@ -59,8 +59,20 @@ pub enum Command {
     /// verdict (with the reason for a non-match) and the planned steps with their arguments.
     Explain(ExplainArgs),
     /// Publish a file's payload to a subject (to try things out); waits until it is stored.
+    #[command(
+        after_help = "Examples:\n  riposte publish alert.json --subject falco.critical.terminal_shell_in_container\n  riposte publish report.json --format trivy          (to riposte.in.trivy)\n  riposte publish alerts.jsonl --format falco --lines  (one message per line)"
+    )]
     Publish(PublishArgs),
     /// Read the audit trail.
+    ///
+    /// Every decision is one record: `event` (matched or no_match, with the playbooks that
+    /// matched), `condition_error`, `dedup`, `limit`, `step_started` (before a destructive
+    /// action), `step`, `notify`, `run`, and `rejected` (a dead-lettered payload, with its
+    /// reason). Text output shows time, record, outcome, run, playbook, step, action and reason;
+    /// `--json` prints one record per line as described by schemas/audit.schema.json.
+    #[command(
+        after_help = "Examples:\n  riposte audit --since 10m\n  riposte audit --playbook shell-in-container --json | jq .\n  riposte audit --run r-3dd4e314280750b7428a\n  riposte audit --follow"
+    )]
     Audit(AuditArgs),
     /// Write the JSON Schemas (playbook, config, event, audit record) to a directory.
     Schema(SchemaArgs),

@@ -94,6 +94,11 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[], "nats")
+    }
+
+    /// Starts a server with extra arguments (TLS, auth); `scheme` is the URL's (`nats`, `tls`).
+    pub fn start_with(extra: &[&str], scheme: &str) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(nats_server_bin())
@@ -104,6 +109,7 @@ impl NatsServer {
                 "--port",
                 &port.to_string(),
             ])
+            .args(extra)
             .arg("--store_dir")
             .arg(dir.path())
             .arg("--log")
@@ -119,7 +125,7 @@ impl NatsServer {
         );
         NatsServer {
             child,
-            url: format!("nats://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             _dir: dir,
         }
     }

@@ -597,3 +597,171 @@ fn without_a_nats_url_run_starts_supervises_and_stops_its_own_server() {
         "the embedded server was stopped with the engine"
     );
 }
+
+/// Makes a CA and a certificate for 127.0.0.1 with openssl; returns (ca.pem, server.pem, server.key).
+fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS test: apt-get install openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=riposte-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| dir.join(f).display().to_string();
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+#[test]
+fn connects_over_tls_with_a_token_from_a_file_and_never_prints_the_token() {
+    const TOKEN: &str = "s3cret-token-7f1c2d";
+    let work = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(work.path());
+    let nats = NatsServer::start_with(
+        &[
+            "--tls",
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            "--auth",
+            TOKEN,
+        ],
+        "tls",
+    );
+    write(&work.path().join("pb/shell.yaml"), SHELL_PLAYBOOK);
+    let token_file = work.path().join("secrets/nats-token");
+    write(&token_file, &format!("{TOKEN}\n"));
+    let config = work.path().join("riposte.yaml");
+    write(
+        &config,
+        &format!(
+            "nats:\n  url: {}\n  token_file: {}\n  tls: {{ ca_file: {ca} }}\n",
+            nats.url,
+            token_file.display()
+        ),
+    );
+    let engine = Engine::start(
+        &nats.url,
+        &work.path().join("pb"),
+        Some(&config),
+        work.path(),
+    );
+
+    let alert = work.path().join("alert.json");
+    std::fs::write(
+        &alert,
+        falco_alert(
+            "tls-1",
+            "Terminal shell in container",
+            "Critical",
+            "t1",
+            "shop",
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = cli(&[
+        "publish",
+        alert.to_str().unwrap(),
+        "--subject",
+        "falco.critical.x",
+        "--config",
+        cfg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut audit = String::new();
+    for _ in 0..100 {
+        let out = cli(&["audit", "--json", "--config", cfg]);
+        audit = String::from_utf8_lossy(&out.stdout).into_owned();
+        if audit.contains("\"record\":\"run\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        audit.contains("\"record\":\"run\"") && audit.contains("tls-1"),
+        "{audit}"
+    );
+
+    // A wrong token is refused with a clear error; no token appears anywhere.
+    let wrong = work.path().join("secrets/wrong-token");
+    write(&wrong, "not-the-token\n");
+    let bad_config = work.path().join("bad.yaml");
+    write(
+        &bad_config,
+        &format!(
+            "nats:\n  token_file: {}\n  tls: {{ ca_file: {ca} }}\n",
+            wrong.display()
+        ),
+    );
+    let mut refused = Engine::spawn(
+        &nats.url,
+        &work.path().join("pb"),
+        Some(&bad_config),
+        work.path(),
+    );
+    assert_eq!(refused.wait_exit(Duration::from_secs(30)), Some(2));
+    let refused_log = refused.log_text();
+    assert!(
+        refused_log.contains("cannot connect to NATS"),
+        "{refused_log}"
+    );
+    for text in [engine.log_text(), refused_log, audit] {
+        assert!(!text.contains(TOKEN), "the token leaked");
+        assert!(!text.contains("not-the-token"), "the wrong token leaked");
+    }
+}
