@@ -427,13 +427,41 @@ impl Config {
             column,
             message,
         };
+        let syntax = |e: serde_yaml::Error| {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            invalid(line, column, e.to_string())
+        };
         let config: Config = if text.trim().is_empty() {
             Config::default_with_bindings()
         } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-                invalid(line, column, e.to_string())
-            })?
+            // Every unknown key at once, with its position; then the typed read.
+            let raw: serde_json::Value = serde_yaml::from_str(text).map_err(syntax)?;
+            let schema = serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default();
+            let unknown = crate::playbook::structure::unknown_keys(&raw, &schema);
+            if !unknown.is_empty() {
+                let positions = crate::playbook::positions::Positions::index(text);
+                let mut unknown = unknown;
+                unknown.sort_by_key(|(path, _)| {
+                    let p = positions.key(path);
+                    (p.line, p.column)
+                });
+                let lines: Vec<String> = unknown
+                    .iter()
+                    .map(|(path, allowed)| {
+                        let p = positions.key(path);
+                        format!(
+                            "unknown field `{path}` (line {}, column {}), expected one of {}",
+                            p.line,
+                            p.column,
+                            allowed.join(", ")
+                        )
+                    })
+                    .collect();
+                let first =
+                    positions.key(&unknown.first().map(|u| u.0.clone()).unwrap_or_default());
+                return Err(invalid(first.line, first.column, lines.join("; ")));
+            }
+            serde_yaml::from_str(text).map_err(syntax)?
         };
         config
             .validate()
@@ -604,10 +632,20 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_position() {
-        let err = Config::parse("nats:\n  urll: x\n", Path::new("r.yaml")).unwrap_err();
+        let err = Config::parse(
+            "nats:\n  urll: x\nengine:\n  concurency: 3\n",
+            Path::new("r.yaml"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("r.yaml:2:"), "{msg}");
-        assert!(msg.contains("unknown field `urll`"), "{msg}");
+        assert!(
+            msg.starts_with("r.yaml:2:3: unknown field `nats.urll`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("unknown field `engine.concurency` (line 4, column 3)"),
+            "{msg}"
+        );
     }
 
     #[test]

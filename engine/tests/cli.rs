@@ -66,7 +66,7 @@ spec:
 fn check_names_every_problem_with_its_position_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.yaml"), BROKEN).unwrap();
-    std::fs::write(dir.path().join("unknown-key.yaml"), "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: k }\nspec:\n  match: {}\n  stepz: []\n").unwrap();
+    std::fs::write(dir.path().join("unknown-key.yaml"), "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: k, ownr: me }\nspec:\n  match: {}\n  stepz: []\n").unwrap();
     let (code, out, _) = riposte(&["check", dir.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     let f = dir.path().join("broken.yaml").display().to_string();
@@ -103,7 +103,13 @@ fn check_names_every_problem_with_its_position_and_exits_1() {
     );
     let u = dir.path().join("unknown-key.yaml").display().to_string();
     assert!(
-        out.contains(&format!("{u}:6:3: spec: unknown field `stepz`")),
+        out.contains(&format!("{u}:3:22: unknown field `ownr`, expected one of")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{u}:6:3: unknown field `stepz`, expected one of `dedup`"
+        )),
         "{out}"
     );
 }

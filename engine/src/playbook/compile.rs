@@ -134,13 +134,41 @@ pub fn load_file(
     };
     let text = std::fs::read_to_string(file)
         .map_err(|e| vec![problem(1, 1, format!("cannot read: {e}"))])?;
-    let doc: PlaybookFile = serde_yaml::from_str(&text).map_err(|e| {
+    let syntax = |e: serde_yaml::Error| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         vec![problem(line, column, clean_serde_message(&e.to_string()))]
-    })?;
+    };
+    let positions = Positions::index(&text);
+    // Every unknown key first, all at once (serde would stop at the first).
+    let raw: serde_json::Value = serde_yaml::from_str(&text).map_err(syntax)?;
+    let unknown = super::structure::unknown_keys(&raw, super::structure::playbook_schema());
+    if !unknown.is_empty() {
+        let mut problems: Vec<Problem> = unknown
+            .into_iter()
+            .map(|(path, allowed)| {
+                let pos = positions.key(&path);
+                let key = path.rsplit(['.', ']']).next().unwrap_or(&path).to_owned();
+                problem(
+                    pos.line,
+                    pos.column,
+                    format!(
+                        "unknown field `{key}`, expected one of {}",
+                        allowed
+                            .iter()
+                            .map(|a| format!("`{a}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+            .collect();
+        problems.sort();
+        return Err(problems);
+    }
+    let doc: PlaybookFile = serde_yaml::from_str(&text).map_err(syntax)?;
     let mut c = Compiler {
         file,
-        positions: Positions::index(&text),
+        positions,
         catalog,
         sandbox,
         problems: Vec::new(),

@@ -9,6 +9,7 @@
 pub mod condition;
 pub mod positions;
 pub mod spec;
+pub mod structure;
 pub mod template;
 
 mod compile;

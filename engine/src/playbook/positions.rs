@@ -33,6 +33,7 @@ enum Style {
 #[derive(Debug, Default)]
 pub struct Positions {
     nodes: HashMap<String, (Pos, Style)>,
+    keys: HashMap<String, Pos>,
     lines: Vec<String>,
 }
 
@@ -46,6 +47,7 @@ impl Positions {
         let _ = parser.load(&mut builder, false);
         Positions {
             nodes: builder.nodes,
+            keys: builder.keys,
             lines: text.lines().map(str::to_owned).collect(),
         }
     }
@@ -63,6 +65,15 @@ impl Positions {
                 None => return Pos { line: 1, column: 1 },
             }
         }
+    }
+
+    /// The position of the key of the mapping entry at `path` (where an unknown key is
+    /// reported), or of its value when the key was not indexed.
+    pub fn key(&self, path: &str) -> Pos {
+        self.keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.of(path))
     }
 
     /// The position of `line`:`column` (1-based) inside the text of the scalar at `path`, e.g.
@@ -107,6 +118,7 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     nodes: HashMap<String, (Pos, Style)>,
+    keys: HashMap<String, Pos>,
 }
 
 impl Builder {
@@ -145,6 +157,18 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::Scalar(value, style, _, _) => {
+                let parent = match self.stack.last() {
+                    Some(Frame::Map { path, key: None }) => Some(path.clone()),
+                    _ => None,
+                };
+                if let Some(parent) = parent {
+                    let key = if parent.is_empty() {
+                        value.clone()
+                    } else {
+                        format!("{parent}.{value}")
+                    };
+                    self.keys.insert(key, pos(mark));
+                }
                 if let Some(path) = self.next_path(Some(&value)) {
                     let style = match style {
                         TScalarStyle::Literal | TScalarStyle::Folded => Style::Block,
