@@ -267,12 +267,6 @@ pub fn run_id(pos: &Position, index: usize, playbook: &str) -> String {
 }
 
 impl Processor {
-    fn now_text(&self) -> String {
-        self.clock
-            .now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-    }
-
     /// Processes one payload: normalize, match, run, record. `Err` means "not recorded, deliver
     /// again"; everything else, including bad input, is settled.
     pub async fn process(
@@ -342,7 +336,7 @@ impl Processor {
             let mut rec = AuditRecord::new(
                 RecordKind::Event,
                 "no_events",
-                self.now_text(),
+                self.clock.now(),
                 &self.runner.settings().replica,
             );
             rec.reason = Some("the payload holds no event".to_owned());
@@ -359,7 +353,7 @@ impl Processor {
                 let mut rec = AuditRecord::new(
                     RecordKind::ConditionError,
                     "error",
-                    self.now_text(),
+                    self.clock.now(),
                     &self.runner.settings().replica,
                 );
                 rec.event_id = Some(event.id.clone());
@@ -384,7 +378,7 @@ impl Processor {
             let mut rec = AuditRecord::new(
                 RecordKind::Event,
                 outcome,
-                self.now_text(),
+                self.clock.now(),
                 &self.runner.settings().replica,
             );
             rec.event_id = Some(event.id.clone());
@@ -445,7 +439,7 @@ impl Processor {
         let mut rec = AuditRecord::new(
             RecordKind::Rejected,
             "rejected",
-            self.now_text(),
+            self.clock.now(),
             &self.runner.settings().replica,
         );
         rec.reason = Some(reason.to_owned());

@@ -33,13 +33,6 @@ impl FixedClock {
     pub fn new(at: DateTime<Utc>) -> Self {
         FixedClock(Mutex::new(at))
     }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: chrono::Duration) {
-        if let Ok(mut t) = self.0.lock() {
-            *t += by;
-        }
-    }
 }
 
 impl Clock for FixedClock {

@@ -435,31 +435,24 @@ impl Config {
             Config::default_with_bindings()
         } else {
             // Every unknown key at once, with its position; then the typed read.
-            let raw: serde_json::Value = serde_yaml::from_str(text).map_err(syntax)?;
+            let positions = crate::playbook::positions::Positions::index(text);
             let schema = serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default();
-            let unknown = crate::playbook::structure::unknown_keys(&raw, &schema);
-            if !unknown.is_empty() {
-                let positions = crate::playbook::positions::Positions::index(text);
-                let mut unknown = unknown;
-                unknown.sort_by_key(|(path, _)| {
-                    let p = positions.key(path);
-                    (p.line, p.column)
-                });
+            let unknown = crate::playbook::structure::unknown_keys_in(text, &positions, &schema)
+                .map_err(syntax)?;
+            if let Some(first) = unknown.first() {
                 let lines: Vec<String> = unknown
                     .iter()
-                    .map(|(path, allowed)| {
-                        let p = positions.key(path);
+                    .map(|k| {
                         format!(
-                            "unknown field `{path}` (line {}, column {}), expected one of {}",
-                            p.line,
-                            p.column,
-                            allowed.join(", ")
+                            "unknown field `{}` (line {}, column {}), expected one of {}",
+                            k.path,
+                            k.pos.line,
+                            k.pos.column,
+                            k.allowed.join(", ")
                         )
                     })
                     .collect();
-                let first =
-                    positions.key(&unknown.first().map(|u| u.0.clone()).unwrap_or_default());
-                return Err(invalid(first.line, first.column, lines.join("; ")));
+                return Err(invalid(first.pos.line, first.pos.column, lines.join("; ")));
             }
             serde_yaml::from_str(text).map_err(syntax)?
         };

@@ -157,19 +157,6 @@ impl Matcher {
         }
         Matches { matched, errors }
     }
-
-    /// The verdict of every playbook for an event, for `explain`.
-    pub fn explain(
-        &self,
-        view: &EventView<'_>,
-        sandbox: &Sandbox,
-    ) -> Vec<(Arc<Playbook>, Verdict)> {
-        let mut scope = None;
-        self.playbooks
-            .iter()
-            .map(|pb| (pb.clone(), verdict(pb, view, sandbox, &mut scope)))
-            .collect()
-    }
 }
 
 /// Decides one playbook; `scope` is created on the first Rhai evaluation and reused.

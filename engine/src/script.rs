@@ -141,14 +141,21 @@ impl Sandbox {
     /// Evaluates a condition against a blank event: `Some(what it returned)` when that is a
     /// value but not a bool, which shows at load time that the condition can never match.
     pub fn probe_non_bool(&self, ast: &AST) -> Option<String> {
-        let blank = serde_json::json!({
-            "id": "", "source": "generic", "kind": "alert", "time": "", "severity": "info",
-            "title": "", "summary": "", "resource": {}, "data": {}
-        });
-        let mut value = blank;
-        complete_view(&mut value);
+        let blank = Event {
+            id: String::new(),
+            source: crate::event::Source::Generic,
+            kind: crate::event::Kind::Alert,
+            time: String::new(),
+            severity: Severity::Info,
+            title: String::new(),
+            summary: String::new(),
+            resource: Default::default(),
+            findings: Vec::new(),
+            labels: Default::default(),
+            data: serde_json::json!({}),
+        };
         let mut scope = Scope::new();
-        scope.push_constant_dynamic("event", json_to_dynamic(&value));
+        scope.push_constant_dynamic("event", event_to_dynamic(&blank, true));
         match self.eval(ast, &mut scope) {
             Ok(v) if !v.is_bool() => Some(describe(&v)),
             _ => None,
@@ -326,25 +333,6 @@ pub fn event_to_dynamic(e: &Event, with_data: bool) -> Dynamic {
     };
     m.insert("data".into(), data);
     Dynamic::from_map(m)
-}
-
-/// Adds the parts a serialized event leaves out when empty: every resource part as an empty
-/// map, `findings` as an empty array, `labels` as an empty map.
-fn complete_view(value: &mut serde_json::Value) {
-    use serde_json::{Map, Value};
-    if let Some(resource) = value.get_mut("resource").and_then(Value::as_object_mut) {
-        for part in ["container", "pod", "node", "image", "host", "process"] {
-            resource
-                .entry(part)
-                .or_insert_with(|| Value::Object(Map::new()));
-        }
-    }
-    if let Some(map) = value.as_object_mut() {
-        map.entry("findings")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        map.entry("labels")
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
 }
 
 /// Converts JSON to a Rhai value (integers stay integers; numbers too large become floats).
@@ -612,6 +600,25 @@ mod tests {
     fn a_non_boolean_condition_is_an_error() {
         let err = eval("event.title", serde_json::json!({"title": "x"})).unwrap_err();
         assert_eq!(err, ScriptError::NotBool("string x".into()));
+    }
+
+    /// Adds the parts a serialized event leaves out when empty: every resource part as an empty
+    /// map, `findings` as an empty array, `labels` as an empty map.
+    fn complete_view(value: &mut serde_json::Value) {
+        use serde_json::{Map, Value};
+        if let Some(resource) = value.get_mut("resource").and_then(Value::as_object_mut) {
+            for part in ["container", "pod", "node", "image", "host", "process"] {
+                resource
+                    .entry(part)
+                    .or_insert_with(|| Value::Object(Map::new()));
+            }
+        }
+        if let Some(map) = value.as_object_mut() {
+            map.entry("findings")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            map.entry("labels")
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
     }
 
     #[test]

@@ -87,6 +87,25 @@ struct Held {
     until: DateTime<Utc>,
 }
 
+impl Held {
+    /// `run` holds a key from `now` for `window`.
+    fn new(run: &str, now: DateTime<Utc>, window: Duration) -> Held {
+        Held {
+            run: run.to_owned(),
+            until: now + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
+        }
+    }
+
+    /// The refusal this holder gives `run` at `now`: `None` when its window is over or it is
+    /// the same run (a redelivery).
+    fn refuses(&self, run: &str, now: DateTime<Utc>) -> Option<Claim> {
+        (self.until > now && self.run != run).then(|| Claim::Held {
+            by: self.run.clone(),
+            until: self.until,
+        })
+    }
+}
+
 /// State in memory, for commands that run without NATS.
 #[derive(Debug, Default)]
 pub struct MemoryState {
@@ -108,22 +127,10 @@ impl StateStore for MemoryState {
         now: DateTime<Utc>,
     ) -> Result<Claim, StateError> {
         let mut claims = self.claims.lock().map_err(poisoned)?;
-        if let Some(h) = claims.get(key) {
-            if h.until > now && h.run != run_id {
-                return Ok(Claim::Held {
-                    by: h.run.clone(),
-                    until: h.until,
-                });
-            }
+        if let Some(refusal) = claims.get(key).and_then(|h| h.refuses(run_id, now)) {
+            return Ok(refusal);
         }
-        let until = now + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
-        claims.insert(
-            key.to_owned(),
-            Held {
-                run: run_id.to_owned(),
-                until,
-            },
-        );
+        claims.insert(key.to_owned(), Held::new(run_id, now, window));
         Ok(Claim::Granted)
     }
 
@@ -195,13 +202,9 @@ impl StateStore for KvState {
         window: Duration,
         now: DateTime<Utc>,
     ) -> Result<Claim, StateError> {
-        let until = now + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
-        let value: bytes::Bytes = serde_json::to_vec(&Held {
-            run: run_id.to_owned(),
-            until,
-        })
-        .map_err(|e| kv_err("encode dedup claim", e))?
-        .into();
+        let value: bytes::Bytes = serde_json::to_vec(&Held::new(run_id, now, window))
+            .map_err(|e| kv_err("encode dedup claim", e))?
+            .into();
         for _ in 0..CAS_TRIES {
             let entry = self
                 .dedup
@@ -225,11 +228,8 @@ impl StateStore for KvState {
                 }
                 Some(e) => {
                     let held: Option<Held> = serde_json::from_slice(&e.value).ok();
-                    if let Some(h) = held.filter(|h| h.until > now && h.run != run_id) {
-                        return Ok(Claim::Held {
-                            by: h.run,
-                            until: h.until,
-                        });
+                    if let Some(refusal) = held.and_then(|h| h.refuses(run_id, now)) {
+                        return Ok(refusal);
                     }
                     if self
                         .dedup

@@ -140,10 +140,15 @@ pub struct EventSummary {
 }
 
 impl AuditRecord {
-    /// A record with the given kind and outcome, everything else empty.
-    pub fn new(record: RecordKind, outcome: &str, time: String, replica: &str) -> Self {
+    /// A record with the given kind and outcome, stamped `now`, everything else empty.
+    pub fn new(
+        record: RecordKind,
+        outcome: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        replica: &str,
+    ) -> Self {
         AuditRecord {
-            time,
+            time: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             record,
             run_id: None,
             event_id: None,

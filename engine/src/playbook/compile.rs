@@ -140,30 +140,25 @@ pub fn load_file(
     };
     let positions = Positions::index(&text);
     // Every unknown key first, all at once (serde would stop at the first).
-    let raw: serde_json::Value = serde_yaml::from_str(&text).map_err(syntax)?;
-    let unknown = super::structure::unknown_keys(&raw, super::structure::playbook_schema());
+    let unknown =
+        super::structure::unknown_keys_in(&text, &positions, super::structure::playbook_schema())
+            .map_err(syntax)?;
     if !unknown.is_empty() {
-        let mut problems: Vec<Problem> = unknown
+        return Err(unknown
             .into_iter()
-            .map(|(path, allowed)| {
-                let pos = positions.key(&path);
-                let key = path.rsplit(['.', ']']).next().unwrap_or(&path).to_owned();
+            .map(|k| {
+                let key = k.path.rsplit(['.', ']']).next().unwrap_or(&k.path);
+                let allowed: Vec<String> = k.allowed.iter().map(|a| format!("`{a}`")).collect();
                 problem(
-                    pos.line,
-                    pos.column,
+                    k.pos.line,
+                    k.pos.column,
                     format!(
                         "unknown field `{key}`, expected one of {}",
-                        allowed
-                            .iter()
-                            .map(|a| format!("`{a}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        allowed.join(", ")
                     ),
                 )
             })
-            .collect();
-        problems.sort();
-        return Err(problems);
+            .collect());
     }
     let doc: PlaybookFile = serde_yaml::from_str(&text).map_err(syntax)?;
     let mut c = Compiler {

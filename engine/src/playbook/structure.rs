@@ -8,7 +8,39 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use super::positions::{Pos, Positions};
 use super::spec::PlaybookFile;
+
+/// A key the schema does not allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// Where the key is.
+    pub pos: Pos,
+    /// Its path, e.g. `spec.steps[0].retyr`.
+    pub path: String,
+    /// The keys allowed beside it.
+    pub allowed: Vec<String>,
+}
+
+/// Reads YAML text and returns every key `schema` does not allow, in file order; a YAML
+/// syntax error is returned as is.
+pub fn unknown_keys_in(
+    text: &str,
+    positions: &Positions,
+    schema: &Value,
+) -> Result<Vec<UnknownKey>, serde_yaml::Error> {
+    let raw: Value = serde_yaml::from_str(text)?;
+    let mut found: Vec<UnknownKey> = unknown_keys(&raw, schema)
+        .into_iter()
+        .map(|(path, allowed)| UnknownKey {
+            pos: positions.key(&path),
+            path,
+            allowed,
+        })
+        .collect();
+    found.sort_by_key(|k| (k.pos.line, k.pos.column));
+    Ok(found)
+}
 
 /// The playbook schema, built once.
 pub fn playbook_schema() -> &'static Value {

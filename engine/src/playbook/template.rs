@@ -20,7 +20,6 @@ enum Piece {
 #[derive(Debug, Clone)]
 pub struct Template {
     pieces: Vec<Piece>,
-    source: String,
 }
 
 /// A problem in a template: the message and where in the string (0-based byte offset of the
@@ -75,10 +74,7 @@ impl Template {
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_owned()));
         }
-        Ok(Template {
-            pieces,
-            source: text.to_owned(),
-        })
+        Ok(Template { pieces })
     }
 
     /// A template that is one whole Rhai expression (a `vars` entry).
@@ -89,18 +85,7 @@ impl Template {
     ) -> Result<Template, ScriptError> {
         Ok(Template {
             pieces: vec![Piece::Expr(sandbox.compile_expression(text, ctx)?)],
-            source: text.to_owned(),
         })
-    }
-
-    /// Whether the template has no expression.
-    pub fn is_literal(&self) -> bool {
-        !self.pieces.iter().any(|p| matches!(p, Piece::Expr(_)))
-    }
-
-    /// The text as written.
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// Renders to JSON: a lone expression keeps its type, anything else is a string.
@@ -233,14 +218,6 @@ impl ValueTemplate {
                 Value::Object(map)
             }
         })
-    }
-
-    /// The value if it has no template (for checking literal arguments at load).
-    pub fn as_literal(&self) -> Option<&Value> {
-        match self {
-            ValueTemplate::Literal(v) => Some(v),
-            _ => None,
-        }
     }
 }
 

@@ -183,14 +183,7 @@ impl Runner {
     }
 
     fn record(&self, kind: RecordKind, outcome: &str, run: &RunCtx<'_>) -> AuditRecord {
-        let mut r = AuditRecord::new(
-            kind,
-            outcome,
-            self.clock
-                .now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            &self.settings.replica,
-        );
+        let mut r = AuditRecord::new(kind, outcome, self.clock.now(), &self.settings.replica);
         r.run_id = Some(run.run_id.to_owned());
         r.event_id = Some(run.view.event.id.clone());
         r.playbook = Some(run.pb.name.clone());
