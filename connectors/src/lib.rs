@@ -6,24 +6,29 @@
 //! - [`ConnectorKind`]: the closed list of connector types and the one place they are built
 //!   ([`ConnectorKind::build`]); adding a connector is one module plus one variant here.
 //! - [`spec`]: action and parameter descriptions, and argument checking against them.
-//! - one module per connector, named after its key in playbooks: [`log`], [`nats`].
+//! - [`guard`]: what no destructive action may touch (protected names and labels).
+//! - one module per connector, named after its key in playbooks: [`docker`], [`log`], [`nats`].
 //!
 //! Connectors know nothing of playbooks, the bus or the audit trail: the engine hands them
-//! checked arguments and records what they return. Clients (a NATS connection, later a Docker or
-//! Kubernetes client) are injected through [`Deps`], so tests can hand in real ones on test
-//! servers.
+//! checked arguments and records what they return. What they share with the engine (its NATS
+//! connection, its data directory, its guards) is injected through [`Deps`], so tests can hand
+//! in real ones on test servers.
 
+pub mod docker;
+pub mod guard;
 pub mod log;
 pub mod nats;
 pub mod spec;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+pub use guard::Protection;
 pub use spec::{check_args, ActionSpec, ParamSpec, ParamType};
 
 /// Checked arguments of one action: parameter name to value.
@@ -68,6 +73,10 @@ pub enum ConnectorError {
     /// The action has no inverse.
     #[error("`{0}` cannot be reverted")]
     NotReversible(String),
+    /// A guard refused the target (protected by label, name, or the engine itself). Nothing was
+    /// done; the runner records the step as skipped with this reason.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl ConnectorError {
@@ -83,8 +92,23 @@ pub trait Connector: Send + Sync + fmt::Debug {
     /// The actions this connector offers (the same for every instance of a type).
     fn actions(&self) -> &'static [ActionSpec];
 
-    /// Describes what `action` would do with `args`, without side effects.
-    fn plan(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError>;
+    /// Describes what `action` would do with `args` from the arguments alone: no side effects
+    /// and no outside calls (`riposte test`, `explain`).
+    fn describe(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError>;
+
+    /// Describes what `action` would do with `args` against the real estate: resolves the
+    /// target and checks the guards, changes nothing (dry-run playbooks in a running engine).
+    /// Connectors without targets to resolve keep the default, [`Connector::describe`].
+    async fn plan(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
+        self.describe(action, args)
+    }
+
+    /// Facts about what an event names (a container, a pod), for enrichment before its
+    /// playbooks run. `None` when this connector has nothing to say about it.
+    async fn enrich(&self, subject: &Subject) -> Option<Value> {
+        let _ = subject;
+        None
+    }
 
     /// Performs `action` with checked `args`.
     async fn run(&self, action: &str, args: &Args) -> Result<Output, ConnectorError>;
@@ -96,11 +120,23 @@ pub trait Connector: Send + Sync + fmt::Debug {
     }
 }
 
+/// What an event names, for [`Connector::enrich`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// A container id (full or the 12-character prefix runtime agents report).
+    pub container_id: Option<String>,
+}
+
 /// Clients and handles connectors may need, injected by the engine.
 #[derive(Debug, Clone, Default)]
 pub struct Deps {
     /// The engine's NATS connection, for the `nats` connector.
     pub nats: Option<async_nats::Client>,
+    /// The engine's data directory: connectors keep evidence below it unless configured
+    /// otherwise. Empty: the current directory.
+    pub data_dir: PathBuf,
+    /// What destructive actions may never touch.
+    pub protect: Protection,
 }
 
 /// Why a connector instance could not be built.
@@ -124,17 +160,24 @@ pub enum ConnectorKind {
     Log,
     /// Publishes a derived event on NATS.
     Nats,
+    /// Contains, stops and snapshots containers through the Docker Engine API.
+    Docker,
 }
 
 impl ConnectorKind {
     /// Every connector type.
-    pub const ALL: [ConnectorKind; 2] = [ConnectorKind::Log, ConnectorKind::Nats];
+    pub const ALL: [ConnectorKind; 3] = [
+        ConnectorKind::Log,
+        ConnectorKind::Nats,
+        ConnectorKind::Docker,
+    ];
 
     /// The type's name in `riposte.yaml` and, for default instances, in playbooks.
     pub fn as_str(self) -> &'static str {
         match self {
             ConnectorKind::Log => "log",
             ConnectorKind::Nats => "nats",
+            ConnectorKind::Docker => "docker",
         }
     }
 
@@ -148,13 +191,14 @@ impl ConnectorKind {
         match self {
             ConnectorKind::Log => log::ACTIONS,
             ConnectorKind::Nats => nats::ACTIONS,
+            ConnectorKind::Docker => docker::ACTIONS,
         }
     }
 
     /// Whether an instance of this type exists without configuration, under the type's name.
     pub fn has_default_instance(self) -> bool {
         match self {
-            ConnectorKind::Log | ConnectorKind::Nats => true,
+            ConnectorKind::Log | ConnectorKind::Nats | ConnectorKind::Docker => true,
         }
     }
 
@@ -169,6 +213,9 @@ impl ConnectorKind {
         match self {
             ConnectorKind::Log => Ok(Arc::new(log::LogConnector::new(instance, settings)?)),
             ConnectorKind::Nats => Ok(Arc::new(nats::NatsConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Docker => Ok(Arc::new(docker::DockerConnector::new(
                 instance, settings, deps,
             )?)),
         }

@@ -68,7 +68,7 @@ impl Connector for LogConnector {
         ACTIONS
     }
 
-    fn plan(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
+    fn describe(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
         let message = Self::message(action, args)?;
         Ok(Plan {
             description: format!("write to the engine log at {action}: {message}"),
@@ -100,7 +100,7 @@ mod tests {
         let args = json!({"message": "hello"});
         let out = c.run("info", args.as_object().unwrap()).await.unwrap();
         assert_eq!(out.output, json!({"message": "hello"}));
-        let plan = c.plan("warn", args.as_object().unwrap()).unwrap();
+        let plan = c.describe("warn", args.as_object().unwrap()).unwrap();
         assert_eq!(plan.description, "write to the engine log at warn: hello");
     }
 

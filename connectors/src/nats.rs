@@ -112,7 +112,7 @@ impl Connector for NatsConnector {
         ACTIONS
     }
 
-    fn plan(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
+    fn describe(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
         let (subject, payload) = self.prepare(action, args)?;
         Ok(Plan {
             description: format!("publish {} bytes to `{subject}`", payload.len()),
@@ -157,7 +157,7 @@ mod tests {
     fn plans_the_subject_with_its_prefix_and_the_payload_size() {
         let args = json!({"subject": "alerts", "payload": {"a": 1}});
         let plan = connector(Some("derived."))
-            .plan("publish", args.as_object().unwrap())
+            .describe("publish", args.as_object().unwrap())
             .unwrap();
         assert_eq!(plan.description, "publish 7 bytes to `derived.alerts`");
     }
@@ -167,7 +167,7 @@ mod tests {
         for subject in ["a.>", "a.*.b", "a..b", "", "a b"] {
             let args = json!({"subject": subject, "payload": "x"});
             let err = connector(None)
-                .plan("publish", args.as_object().unwrap())
+                .describe("publish", args.as_object().unwrap())
                 .unwrap_err();
             assert!(
                 matches!(err, ConnectorError::InvalidArgs { .. }),

@@ -385,11 +385,20 @@ impl Processor {
             rec.event = Some(summary.clone());
             rec.matched = Some(matched.iter().map(|p| p.name.clone()).collect());
             audit.add(rec);
+            let enriched = if matched.is_empty() {
+                None
+            } else {
+                self.runner.enrich(event).await
+            };
+            let enriched_view = enriched
+                .as_ref()
+                .map(|e| EventView::new(e, self.matcher.needs_data()));
+            let view = enriched_view.as_ref().unwrap_or(&view);
             for pb in matched {
                 let id = run_id(pos, index, &pb.name);
                 let span = tracing::info_span!("run", run_id = %id, playbook = %pb.name, event_id = %event.id);
                 self.runner
-                    .run(&pb, &view, &id, &mut audit)
+                    .run(&pb, view, &id, &mut audit)
                     .instrument(span)
                     .await?;
             }

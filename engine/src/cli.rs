@@ -1,4 +1,5 @@
-//! The command line: `riposte run | check | test | explain | publish | audit | schema | bench`.
+//! The command line: `riposte run | check | test | explain | publish | audit | revert | schema |
+//! bench`.
 //!
 //! Owns argument parsing and what each command prints; the work is done by the library
 //! modules. Commands that talk to NATS take `--nats URL` (else `RIPOSTE_NATS_URL`, the config's
@@ -74,6 +75,16 @@ pub enum Command {
         after_help = "Examples:\n  riposte audit --since 10m\n  riposte audit --playbook shell-in-container --json | jq .\n  riposte audit --run r-3dd4e314280750b7428a\n  riposte audit --follow"
     )]
     Audit(AuditArgs),
+    /// Undo the reversible steps of a run now (quarantine, pause...), or list pending undos.
+    ///
+    /// Marks the run's undos due now; a running engine (any replica) carries them out within
+    /// a second and records a `revert` audit record for each, which this command prints. Works
+    /// from any machine that reaches NATS. Exits 0 when every undo succeeded, 1 when one failed
+    /// or did not happen within `--wait`, 2 when the run has nothing to undo.
+    #[command(
+        after_help = "Examples:\n  riposte revert r-3dd4e314280750b7428a\n  riposte revert r-3dd4e314280750b7428a --step isolate --as alice\n  riposte revert --list"
+    )]
+    Revert(RevertArgs),
     /// Write the JSON Schemas (playbook, config, event, audit record) to a directory.
     Schema(SchemaArgs),
     /// Measure throughput and latency against a local nats-server (see README).
@@ -213,6 +224,30 @@ pub struct AuditArgs {
     config: ConfigArg,
 }
 
+/// Arguments of `revert`.
+#[derive(Debug, Args)]
+pub struct RevertArgs {
+    /// The run whose steps to undo.
+    #[arg(required_unless_present = "list")]
+    run: Option<String>,
+    /// Only this step.
+    #[arg(long)]
+    step: Option<String>,
+    /// Who asks (recorded in the audit record).
+    #[arg(long = "as", env = "USER", default_value = "cli")]
+    by: String,
+    /// How long to wait for the engine to carry it out.
+    #[arg(long, default_value = "60s")]
+    wait: humantime::Duration,
+    /// List the pending undos instead.
+    #[arg(long, conflicts_with_all = ["run", "step"])]
+    list: bool,
+    #[command(flatten)]
+    nats: NatsArg,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
 /// Arguments of `schema`.
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
@@ -230,6 +265,7 @@ pub async fn main(cli: Cli, shutdown: CancellationToken) -> Result<i32> {
         Command::Explain(a) => explain(a).await,
         Command::Publish(a) => publish(a).await,
         Command::Audit(a) => crate::audit::read::read(a.into(), shutdown).await,
+        Command::Revert(a) => revert(a).await,
         Command::Schema(a) => {
             crate::schema::write_all(&a.dir)?;
             println!("schemas written to {}", a.dir.display());
@@ -489,6 +525,91 @@ pub fn parse_since(
 }
 
 /// The URL client commands use, for modules outside the CLI.
+async fn revert(a: RevertArgs) -> Result<i32> {
+    let config = a.config.load()?;
+    let url = a.nats.url(&config);
+    let client = crate::bus::connect(&config.nats, &url, "riposte revert").await?;
+    let js = crate::bus::jetstream(client);
+    let reverts = crate::revert::Reverts::open(&js, &config.engine.names.kv_prefix).await?;
+    let mut out = std::io::stdout().lock();
+    if a.list {
+        let pending = reverts.list().await?;
+        for (p, _) in &pending {
+            let due = p.due.map_or_else(
+                || "on request".to_owned(),
+                |d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+            writeln!(
+                out,
+                "{:<24} {:<16} {:<24} due {due}{}",
+                p.run_id,
+                p.step,
+                format!("{}.{}", p.instance, p.action),
+                p.last_error
+                    .as_ref()
+                    .map(|e| format!(" (attempt {} failed: {e})", p.attempts))
+                    .unwrap_or_default()
+            )?;
+        }
+        eprintln!("{} pending undo(s)", pending.len());
+        return Ok(0);
+    }
+    let Some(run) = a.run else {
+        bail!("give a run id, or --list");
+    };
+    let asked = chrono::Utc::now();
+    let found = reverts
+        .request(&run, a.step.as_deref(), &a.by, asked)
+        .await?;
+    if found.is_empty() {
+        eprintln!(
+            "run {run} has nothing to undo{}: it was undone already, or it made no reversible \
+             change (see `riposte audit --run {run}`)",
+            a.step
+                .map(|s| format!(" at step `{s}`"))
+                .unwrap_or_default()
+        );
+        return Ok(2);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from(a.wait);
+    let mut left = found.clone();
+    while !left.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut still = Vec::new();
+        for p in left {
+            if reverts.contains(&p.run_id, &p.step).await? {
+                still.push(p);
+            }
+        }
+        left = still;
+    }
+    let records = crate::audit::read::since(&js, &config, asked).await?;
+    let mut failed = !left.is_empty();
+    for p in &found {
+        let rec = records.iter().rev().find(|r| {
+            r.record == crate::audit::RecordKind::Revert
+                && r.run_id.as_deref() == Some(p.run_id.as_str())
+                && r.step.as_deref() == Some(p.step.as_str())
+        });
+        match rec {
+            Some(r) => {
+                failed |= r.outcome != "ok";
+                writeln!(out, "{}", crate::audit::read::line(r))?;
+            }
+            None if left.contains(p) => writeln!(
+                out,
+                "{} {}.{}: not carried out within {} (is an engine running on {url}?)",
+                p.step,
+                p.instance,
+                p.action,
+                humantime::format_duration(a.wait.into())
+            )?,
+            None => writeln!(out, "{} {}.{}: done", p.step, p.instance, p.action)?,
+        }
+    }
+    Ok(i32::from(failed))
+}
+
 pub fn client_url(nats: Option<String>, config: &Config) -> String {
     NatsArg { nats }.url(config)
 }

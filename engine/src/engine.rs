@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use riposte_connectors::{BuildError, Connector, ConnectorKind, Deps};
+use std::time::Duration;
+
+use riposte_connectors::{BuildError, Connector, ConnectorKind, Deps, Protection};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,7 @@ use crate::embedded::{EmbeddedError, EmbeddedNats};
 use crate::matcher::Matcher;
 use crate::metrics::{self, Metrics};
 use crate::playbook::{load_dir, Catalog, Playbook, Problem};
+use crate::revert::Scheduler;
 use crate::runner::{Runner, RunnerSettings};
 use crate::script::Sandbox;
 use crate::state::{KvState, StateError, StateStore};
@@ -170,13 +173,19 @@ async fn serve(
     tracing::info!(%url, "connected to NATS");
     let js = bus::jetstream(client.clone());
     let stream_id = bus::ensure_streams(&js, &config).await?;
-    let state: Arc<dyn StateStore> =
-        Arc::new(KvState::open(&js, &config.engine.names.kv_prefix).await?);
     let consumer = bus::ensure_consumer(&js, &config).await?;
+    let kv_state = KvState::open(&js, &config.engine.names.kv_prefix).await?;
+    let reverts = kv_state.reverts().clone();
+    let state: Arc<dyn StateStore> = Arc::new(kv_state);
     let connectors = build_connectors(
         &config,
         &Deps {
             nats: Some(client.clone()),
+            data_dir: config.engine.data_dir.clone(),
+            protect: Protection {
+                containers: config.protect.containers.clone(),
+                labels: config.protect.labels.clone(),
+            },
         },
     )?;
     let metrics = Arc::new(Metrics::new());
@@ -195,11 +204,22 @@ async fn serve(
         metrics.clone(),
         runner_settings(&config, false),
     );
+    let audit = AuditSink::JetStream {
+        js: Box::new(js.clone()),
+        subject: config.engine.names.audit_subject.clone(),
+    };
+    let scheduler = Scheduler {
+        reverts,
+        connectors: runner.connectors(),
+        audit: audit.clone(),
+        replica: replica.clone(),
+        clock: clock.clone(),
+        timeout: config.engine.step_timeout.get(),
+        every: Duration::from_secs(1),
+    };
+    let reverting = tokio::spawn(scheduler.run(shutdown.clone()));
     let processor = Arc::new(Processor {
-        audit: AuditSink::JetStream {
-            js: Box::new(js.clone()),
-            subject: config.engine.names.audit_subject.clone(),
-        },
+        audit,
         matcher: Matcher::new(playbooks),
         runner,
         js,
@@ -208,7 +228,12 @@ async fn serve(
         config,
         stream_id,
     });
-    bus::consume(processor, consumer, shutdown).await?;
+    let consumed = bus::consume(processor, consumer, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Err(e) = reverting.await {
+        tracing::warn!(error = %e, "revert scheduler ended abnormally");
+    }
+    consumed?;
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "final flush failed");
     }

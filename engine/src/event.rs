@@ -230,6 +230,11 @@ pub struct Event {
     pub labels: BTreeMap<String, String>,
     /// The original payload (for multi-event payloads, the part this event came from).
     pub data: serde_json::Value,
+    /// Facts connectors looked up about what the event names, by connector instance (e.g.
+    /// `docker`: the container's image, labels, networks, mounts, user). Added after matching,
+    /// so `vars`, steps and notifications see it, conditions do not.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub enrichment: BTreeMap<String, serde_json::Value>,
 }
 
 /// The parts of an estate an event is about, each present only when known.

@@ -14,6 +14,7 @@
 //! - [`matcher`]: which playbooks run for an event (index, native clauses, Rhai).
 //! - [`runner`]: one run: dedup, limits, vars, steps with guards, retries and timeouts, notify.
 //! - [`state`]: dedup windows and limit counters in JetStream KV.
+//! - [`revert`]: undos of reversible steps, on schedule (`revert_after`) or on request.
 //! - [`audit`]: audit records, how they are stored and read back.
 //! - [`bus`]: streams, the shared consumer, dead letters, the life of one message.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
@@ -37,6 +38,7 @@ pub mod formats;
 pub mod matcher;
 pub mod metrics;
 pub mod playbook;
+pub mod revert;
 pub mod runner;
 pub mod schema;
 pub mod script;

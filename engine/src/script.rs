@@ -7,6 +7,7 @@
 //! Evaluation errors are returned, never panicked on; the caller decides what they mean
 //! (a condition that errors is "no match").
 
+pub use riposte_connectors::guard::glob_match;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -153,6 +154,7 @@ impl Sandbox {
             findings: Vec::new(),
             labels: Default::default(),
             data: serde_json::json!({}),
+            enrichment: Default::default(),
         };
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", event_to_dynamic(&blank, true));
@@ -332,6 +334,15 @@ pub fn event_to_dynamic(e: &Event, with_data: bool) -> Dynamic {
         Dynamic::UNIT
     };
     m.insert("data".into(), data);
+    m.insert(
+        "enrichment".into(),
+        Dynamic::from_map(
+            e.enrichment
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
+                .collect(),
+        ),
+    );
     Dynamic::from_map(m)
 }
 
@@ -478,50 +489,6 @@ fn regex_match(
     Ok(hit)
 }
 
-/// Shell-style glob: `*` any run of characters, `?` one character, `\` escapes; the whole text
-/// must match.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-                continue;
-            }
-            Some('?') => {
-                pi += 1;
-                ti += 1;
-                continue;
-            }
-            Some('\\') if p.get(pi + 1).is_some() && p.get(pi + 1) == t.get(ti) => {
-                pi += 2;
-                ti += 1;
-                continue;
-            }
-            Some(c) if *c != '\\' && Some(c) == t.get(ti) => {
-                pi += 1;
-                ti += 1;
-                continue;
-            }
-            _ => {}
-        }
-        match star {
-            Some((sp, st)) => {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    p.get(pi..)
-        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -617,6 +584,8 @@ mod tests {
             map.entry("findings")
                 .or_insert_with(|| Value::Array(Vec::new()));
             map.entry("labels")
+                .or_insert_with(|| Value::Object(Map::new()));
+            map.entry("enrichment")
                 .or_insert_with(|| Value::Object(Map::new()));
         }
     }

@@ -1,4 +1,4 @@
-//! Shared run state: dedup claims and limit counters.
+//! Shared run state: dedup claims, limit counters, and the undos of reversible steps.
 //!
 //! Kept in JetStream KV buckets ([`KvState`]) so every replica sees the same dedup windows and
 //! limits; a dedup key held by a run is granted again to the same run, so a redelivered event
@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+
+use crate::revert::{Pending, Reverts};
 
 /// The state store could not be reached or answered wrongly. The event is not acknowledged, so
 /// it is delivered again.
@@ -55,6 +57,8 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         per: Duration,
         now: DateTime<Utc>,
     ) -> Result<bool, StateError>;
+    /// Keeps the undo of a reversible step until it is carried out.
+    async fn record_revert(&self, pending: &Pending) -> Result<(), StateError>;
 }
 
 /// A KV-safe key: readable prefix plus a hash of the free-form part.
@@ -111,6 +115,14 @@ impl Held {
 pub struct MemoryState {
     claims: Mutex<HashMap<String, Held>>,
     slots: Mutex<HashMap<(String, i64), u32>>,
+    reverts: Mutex<Vec<Pending>>,
+}
+
+impl MemoryState {
+    /// The undos recorded so far.
+    pub fn reverts(&self) -> Vec<Pending> {
+        self.reverts.lock().map(|r| r.clone()).unwrap_or_default()
+    }
 }
 
 fn poisoned<T>(_: T) -> StateError {
@@ -151,6 +163,11 @@ impl StateStore for MemoryState {
         *used += 1;
         Ok(true)
     }
+
+    async fn record_revert(&self, pending: &Pending) -> Result<(), StateError> {
+        self.reverts.lock().map_err(poisoned)?.push(pending.clone());
+        Ok(())
+    }
 }
 
 /// State in JetStream KV buckets, shared by every replica.
@@ -158,6 +175,7 @@ impl StateStore for MemoryState {
 pub struct KvState {
     dedup: kv::Store,
     limits: kv::Store,
+    reverts: Reverts,
 }
 
 /// How many times a compare-and-set is retried under contention.
@@ -166,7 +184,8 @@ const CAS_TRIES: usize = 32;
 const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl KvState {
-    /// Opens (creating when missing) the buckets `<prefix>-dedup` and `<prefix>-limits`.
+    /// Opens (creating when missing) the buckets `<prefix>-dedup`, `<prefix>-limits` and
+    /// `<prefix>-reverts`.
     pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<KvState, StateError> {
         let open = |name: String| async move {
             match js.get_key_value(&name).await {
@@ -185,7 +204,13 @@ impl KvState {
         Ok(KvState {
             dedup: open(format!("{prefix}-dedup")).await?,
             limits: open(format!("{prefix}-limits")).await?,
+            reverts: Reverts::open(js, prefix).await?,
         })
+    }
+
+    /// The reverts bucket.
+    pub fn reverts(&self) -> &Reverts {
+        &self.reverts
     }
 }
 
@@ -285,6 +310,10 @@ impl StateStore for KvState {
             }
         }
         Err(StateError(format!("limit `{scope}`: too much contention")))
+    }
+
+    async fn record_revert(&self, pending: &Pending) -> Result<(), StateError> {
+        self.reverts.record(pending).await
     }
 }
 

@@ -50,7 +50,7 @@ spec:
         message: "${{ event.title }"
         colour: red
     - id: first
-      action: docker.kill
+      action: firewall.block
     - id: third
       action: log.shout
       with: { message: hi }
@@ -79,7 +79,7 @@ fn check_names_every_problem_with_its_position_and_exits_1() {
         format!("{f}:17:19: in template: `${{{{` without its closing `}}}}`"),
         format!("{f}:18:17: `log.info` has no parameter `colour` (it has: message)"),
         format!("{f}:19:11: step id `first` is used twice"),
-        format!("{f}:20:15: unknown connector `docker` (configured: log, nats)"),
+        format!("{f}:20:15: unknown connector `firewall` (configured: docker, log, nats)"),
         format!("{f}:22:15: connector `log` (log) has no action `shout` (it has: info, warn)"),
         format!(
             "{f}:26:24: parameter `subject` of `nats.publish` must be of type string, got integer"
@@ -165,10 +165,7 @@ fn explain_names_the_real_targets_and_the_reason_for_each_non_match() {
         "{out}"
     );
     assert!(out.contains("-- shell-in-container: match"), "{out}");
-    assert!(
-        out.contains("publish ") && out.contains("`riposte.derived.containment-requested`"),
-        "{out}"
-    );
+    assert!(out.contains("pause container `ee97d9c4186f`"), "{out}");
     assert!(
         out.contains("no match: source `falco` is not in its sources"),
         "{out}"

@@ -36,7 +36,7 @@ impl Connector for SlowOnRequest {
     fn actions(&self) -> &'static [ActionSpec] {
         riposte_connectors::log::ACTIONS
     }
-    fn plan(&self, _: &str, _: &Args) -> Result<Plan, ConnectorError> {
+    fn describe(&self, _: &str, _: &Args) -> Result<Plan, ConnectorError> {
         Ok(Plan {
             description: String::new(),
         })

@@ -45,6 +45,9 @@ pub enum RecordKind {
     Notify,
     /// A run finished: `ok`, `failed` or `planned`.
     Run,
+    /// A reversible step was undone (`ok`), will be tried again (`retrying`), or could not be
+    /// (`failed`).
+    Revert,
 }
 
 impl RecordKind {
@@ -60,6 +63,7 @@ impl RecordKind {
             RecordKind::Step => "step",
             RecordKind::Notify => "notify",
             RecordKind::Run => "run",
+            RecordKind::Revert => "revert",
         }
     }
 }
@@ -93,6 +97,10 @@ pub struct AuditRecord {
     /// What the connector reported (or planned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// For a reversible step that changed something: when it is undone (`due`, absent without
+    /// `revert_after`) and the command that undoes it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<Value>,
     /// Attempts made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
@@ -159,6 +167,7 @@ impl AuditRecord {
             reason: None,
             args: None,
             output: None,
+            revert: None,
             attempts: None,
             duration_ms: None,
             dry_run: false,

@@ -119,6 +119,52 @@ pub async fn read(q: Query, shutdown: CancellationToken) -> Result<i32> {
     Ok(0)
 }
 
+/// Every record stored since `since` (for commands that wait for their own records).
+pub async fn since(
+    js: &async_nats::jetstream::Context,
+    config: &crate::config::Config,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<AuditRecord>> {
+    let name = &config.engine.names.audit_stream;
+    let stream = js
+        .get_stream(name)
+        .await
+        .with_context(|| format!("no audit stream `{name}`"))?;
+    let nanos = i128::from(since.timestamp_nanos_opt().unwrap_or(0));
+    let reader = stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy: DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                    .context("time out of range")?,
+            },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .context("cannot create a reader on the audit stream")?;
+    let mut out = Vec::new();
+    loop {
+        let mut batch = reader
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .context("cannot read the audit stream")?;
+        let mut got = 0usize;
+        let mut pending = 0u64;
+        while let Some(Ok(msg)) = batch.next().await {
+            got += 1;
+            pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            out.extend(super::parse_message(&msg.payload));
+        }
+        if got == 0 || pending == 0 {
+            return Ok(out);
+        }
+    }
+}
+
 /// One record as a line of text.
 pub fn line(r: &AuditRecord) -> String {
     let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".to_owned());

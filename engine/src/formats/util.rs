@@ -224,6 +224,7 @@ pub(crate) fn blank(source: Source, kind: Kind, data: Value) -> Event {
         findings: Vec::new(),
         labels: BTreeMap::new(),
         data,
+        enrichment: BTreeMap::new(),
     }
 }
 

@@ -304,6 +304,7 @@ impl Compiler<'_> {
                 on_error: super::OnError::Continue,
                 retry: n.retry.clone(),
                 timeout: n.timeout,
+                revert_after: None,
             };
             if let Some(mut step) = self.step(&as_step, &path, n.with.is_none()) {
                 if n.with.is_none() {
@@ -466,6 +467,22 @@ impl Compiler<'_> {
                 "the timeout must be longer than 0s",
             );
         }
+        if let Some(after) = s.revert_after {
+            if !action.spec.reversible {
+                self.report(
+                    &format!("{path}.revert_after"),
+                    format!(
+                        "`revert_after` needs a reversible action; `{}` has no inverse",
+                        s.action
+                    ),
+                );
+            } else if after.get().is_zero() {
+                self.report(
+                    &format!("{path}.revert_after"),
+                    "`revert_after` must be longer than 0s",
+                );
+            }
+        }
         Some(Step {
             id: s.id.clone(),
             action,
@@ -475,6 +492,7 @@ impl Compiler<'_> {
             attempts,
             backoff,
             timeout: s.timeout.map(|t| t.get()),
+            revert_after: s.revert_after.map(|t| t.get()),
         })
     }
 

@@ -101,6 +101,8 @@ pub struct Step {
     pub backoff: Duration,
     /// Time limit of each attempt (`None`: the engine's default).
     pub timeout: Option<Duration>,
+    /// When to undo a reversible action after it succeeded.
+    pub revert_after: Option<Duration>,
 }
 
 /// A loaded playbook.

@@ -175,6 +175,10 @@ pub struct StepSpec {
     /// Time limit of each attempt (default: the engine's `step_timeout`).
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    /// Undo the action this long after it succeeded (reversible actions only), e.g. `2h`.
+    /// `riposte revert RUN_ID` undoes it sooner.
+    #[serde(default)]
+    pub revert_after: Option<HumanDuration>,
 }
 
 /// One notification.

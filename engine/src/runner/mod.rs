@@ -14,16 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Scope};
-use riposte_connectors::{check_args, Connector, ConnectorError};
+use riposte_connectors::{check_args, Connector, ConnectorError, Subject};
 use serde_json::{json, Value};
 use thiserror::Error;
 
 use crate::audit::{AuditBatch, AuditError, AuditRecord, RecordKind};
 use crate::clock::Clock;
 use crate::config::{GlobalLimits, Protect};
+use crate::event::Event;
 use crate::matcher::EventView;
 use crate::metrics::Metrics;
 use crate::playbook::{Mode, OnError, Playbook, Step};
+use crate::revert::Pending;
 use crate::script::{glob_match, json_to_dynamic, Sandbox};
 use crate::state::{kv_key, Claim, StateError, StateStore};
 
@@ -109,6 +111,8 @@ pub struct StepReport {
     pub reason: Option<String>,
     /// Whether it was a notification.
     pub notify: bool,
+    /// For a reversible step that changed something: when it is undone and how to undo it now.
+    pub revert: Option<Value>,
 }
 
 /// What happened in one run.
@@ -175,6 +179,11 @@ impl Runner {
     /// The sandbox expressions run in.
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
+    }
+
+    /// The connector instances, by name.
+    pub fn connectors(&self) -> Arc<HashMap<String, Arc<dyn Connector>>> {
+        self.connectors.clone()
     }
 
     /// The runner's settings.
@@ -245,6 +254,7 @@ impl Runner {
                     output: None,
                     reason: Some(format!("not run: {why}")),
                     notify: false,
+                    revert: None,
                 };
                 self.emit_step(&mut run, step, r, None, audit);
                 continue;
@@ -383,6 +393,7 @@ impl Runner {
         rec.args = r.args.clone();
         rec.output = r.output.clone();
         rec.reason = r.reason.clone();
+        rec.revert = r.revert.clone();
         rec.attempts = attempts;
         audit.add(rec);
         self.metrics.count_step(r.outcome.as_str());
@@ -430,6 +441,7 @@ impl Runner {
             output: None,
             reason: None,
             notify,
+            revert: None,
         };
         let mut scope = run.scope(true);
         if let Some(when) = &step.when {
@@ -480,10 +492,18 @@ impl Runner {
             }
         }
         if run.plan {
-            match connector.plan(&step.action.action, &args) {
+            let planned = if self.settings.plan_only {
+                connector.describe(&step.action.action, &args)
+            } else {
+                connector.plan(&step.action.action, &args).await
+            };
+            match planned {
                 Ok(p) => {
                     r.outcome = StepOutcome::Planned;
                     r.output = Some(json!({ "plan": p.description }));
+                }
+                Err(ConnectorError::Refused(why)) => {
+                    r.reason = Some(format!("guard: {why}"));
                 }
                 Err(e) => {
                     r.outcome = StepOutcome::Failed;
@@ -527,6 +547,12 @@ impl Runner {
             Ok(out) => {
                 r.outcome = StepOutcome::Ok;
                 r.output = Some(out.output);
+                if let (Some(undo), true) = (out.undo, step.action.spec.reversible) {
+                    r.revert = Some(self.keep_undo(run, step, undo).await?);
+                }
+            }
+            Err(ConnectorError::Refused(why)) => {
+                r.reason = Some(format!("guard: {why}"));
             }
             Err(e) => {
                 r.outcome = StepOutcome::Failed;
@@ -534,6 +560,67 @@ impl Runner {
             }
         }
         Ok((r, Some(attempts)))
+    }
+
+    /// Records the undo of a reversible step that changed something; returns what the step's
+    /// audit record says about it.
+    async fn keep_undo(
+        &self,
+        run: &RunCtx<'_>,
+        step: &Step,
+        undo: Value,
+    ) -> Result<Value, RunError> {
+        let now = self.clock.now();
+        let due = step
+            .revert_after
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| now + d);
+        let pending = Pending {
+            run_id: run.run_id.to_owned(),
+            step: step.id.clone(),
+            playbook: run.pb.name.clone(),
+            event_id: run.view.event.id.clone(),
+            instance: step.action.instance.clone(),
+            action: step.action.action.clone(),
+            undo,
+            done_at: now,
+            due,
+            requested_by: None,
+            attempts: 0,
+            last_error: None,
+            lease: None,
+        };
+        self.state.record_revert(&pending).await?;
+        Ok(json!({
+            "due": due.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "command": pending.command(),
+        }))
+    }
+
+    /// The event with what connectors know of the container it names (`event.enrichment.<type>`),
+    /// or `None` when there is nothing to add. Not in plan-only mode, which calls nothing
+    /// outside.
+    pub async fn enrich(&self, event: &Event) -> Option<Event> {
+        if self.settings.plan_only {
+            return None;
+        }
+        let id = event.resource.container.as_ref()?.id.clone()?;
+        let subject = Subject {
+            container_id: Some(id),
+        };
+        let mut names: Vec<&String> = self.connectors.keys().collect();
+        names.sort();
+        let mut enriched = event.clone();
+        for name in names {
+            let Some(c) = self.connectors.get(name) else {
+                continue;
+            };
+            if let Some(facts) = c.enrich(&subject).await {
+                fill_container(&mut enriched, &facts);
+                enriched.enrichment.entry(name.clone()).or_insert(facts);
+            }
+        }
+        (!enriched.enrichment.is_empty()).then_some(enriched)
     }
 
     /// Runs an action with its retries and per-attempt timeout.
@@ -599,6 +686,20 @@ impl Runner {
             }
         }
         None
+    }
+}
+
+/// Fills the container's name and image from enrichment facts when the producer left them out.
+fn fill_container(event: &mut Event, facts: &Value) {
+    let Some(c) = event.resource.container.as_mut() else {
+        return;
+    };
+    let text = |k: &str| facts.get(k).and_then(Value::as_str).map(str::to_owned);
+    if c.name.is_none() {
+        c.name = text("name");
+    }
+    if c.image.is_none() {
+        c.image = text("image");
     }
 }
 
