@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use riposte::audit::AuditRecord;
 
+pub mod docker;
+
 /// The `riposte` binary under test.
 pub fn riposte_bin() -> PathBuf {
     if let Ok(p) = std::env::var("RIPOSTE_BIN") {
