@@ -250,6 +250,9 @@ async fn pause_kill_and_stop_leave_the_container_in_that_state_and_revert_after_
     let paused = scene.container("paused", &[]);
     let killed = scene.container("killed", &[]);
     let stopped = scene.container("stopped", &[]);
+    let restarted = scene.container("restarted", &[]);
+    let removed = scene.container("removed", &[]);
+    let started_at = scene.inspect(&restarted.id)["State"]["StartedAt"].clone();
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
     let cfg = config(&mut scene, work.path(), "");
@@ -285,12 +288,38 @@ async fn pause_kill_and_stop_leave_the_container_in_that_state_and_revert_after_
 "#,
         ),
     );
+    write(
+        &pb.join("restart.yaml"),
+        &playbook(
+            "restart-it",
+            "rule-restart",
+            "enforce",
+            r#"    - id: again
+      action: docker.restart
+      with: { container: "${{ event.resource.container.id }}", grace: 1s }
+"#,
+        ),
+    );
+    write(
+        &pb.join("remove.yaml"),
+        &playbook(
+            "remove-it",
+            "rule-remove",
+            "enforce",
+            r#"    - id: gone
+      action: docker.remove
+      with: { container: "${{ event.resource.container.id }}", confirm: true, force: true }
+"#,
+        ),
+    );
     let _engine = Engine::start(&nats.url, &pb, Some(&cfg), work.path());
     let client = nats.client().await;
     publish(
         &client,
         "falco.x",
         &[
+            falco_alert("r-1", "rule-restart", "Critical", &restarted.name, "shop"),
+            falco_alert("x-1", "rule-remove", "Critical", &removed.name, "shop"),
             falco_alert("p-1", "rule-pause", "Critical", &paused.id, "shop"),
             falco_alert("k-1", "rule-kill", "Critical", killed.short_id(), "shop"),
             falco_alert("s-1", "rule-stop", "Critical", &stopped.name, "shop"),
@@ -310,6 +339,15 @@ async fn pause_kill_and_stop_leave_the_container_in_that_state_and_revert_after_
     let (stop_run, records) = finished_run(&nats.url, "stop-it", "s-1");
     assert_eq!(step(&records, &stop_run, "end").outcome, "ok");
     assert_eq!(state_of(&scene.inspect(&stopped.id)).2, "exited");
+
+    let (restart_run, records) = finished_run(&nats.url, "restart-it", "r-1");
+    assert_eq!(step(&records, &restart_run, "again").outcome, "ok");
+    let r = scene.inspect(&restarted.id);
+    assert!(state_of(&r).0);
+    assert_ne!(r["State"]["StartedAt"], started_at, "it was started again");
+    let (remove_run, records) = finished_run(&nats.url, "remove-it", "x-1");
+    assert_eq!(step(&records, &remove_run, "gone").outcome, "ok");
+    assert!(scene.try_inspect(&removed.id).is_none(), "removed");
 
     // Killing a stopped container succeeds without change.
     publish(
@@ -356,13 +394,17 @@ async fn protected_containers_are_untouched_and_the_refusal_is_audited() {
     let labelled =
         scene.container_with_labels("labelled", &[], &[("riposte.io/protected", "true")]);
     let named = scene.container("keep-me", &[]);
+    let own = scene.container("engine", &[]);
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
     let pattern = format!("{}-keep-*", scene.prefix());
     let cfg = config(
         &mut scene,
         work.path(),
-        &format!("protect:\n  containers: [\"{pattern}\"]\n"),
+        &format!(
+            "    self_container: {}\nprotect:\n  containers: [\"{pattern}\"]\n",
+            own.name
+        ),
     );
     write(
         &work.path().join("pb/pause.yaml"),
@@ -381,12 +423,14 @@ async fn protected_containers_are_untouched_and_the_refusal_is_audited() {
         &[
             falco_alert("g-1", "rule-pause", "Critical", labelled.short_id(), "shop"),
             falco_alert("g-2", "rule-pause", "Critical", named.short_id(), "shop"),
+            falco_alert("g-3", "rule-pause", "Critical", own.short_id(), "shop"),
         ],
     )
     .await;
     for (event, c, why) in [
         ("g-1", &labelled, "riposte.io/protected=true"),
         ("g-2", &named, "keep-*"),
+        ("g-3", &own, "the engine's own"),
     ] {
         let (run, records) = finished_run(&nats.url, "pause-it", event);
         let s = step(&records, &run, "freeze");

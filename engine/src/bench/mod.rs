@@ -7,6 +7,11 @@
 //! sustained rate draining the same number of events (normalize, match, run, audit, ack);
 //! their ratio; and publish-to-audit latency at a fixed offered rate. A benchmark, not a test:
 //! it reports figures and asserts nothing.
+//!
+//! `riposte bench containment` ([`containment`]) measures the time from an alert to a real
+//! container being paused or quarantined.
+
+pub mod containment;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -27,7 +32,11 @@ use crate::engine;
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Another benchmark instead of the throughput one.
+    #[command(subcommand)]
+    pub other: Option<Other>,
     /// Events for the throughput runs.
     #[arg(long, default_value_t = 100_000)]
     pub events: usize,
@@ -46,6 +55,23 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The other benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum Other {
+    /// Time from an alert on NATS to its container being paused or quarantined by the real
+    /// Docker daemon, one at a time and all at once.
+    Containment(containment::ContainmentArgs),
+}
+
+/// The value at fraction `p` of sorted samples (NaN when there are none).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or(f64::NAN)
 }
 
 fn falco_payload(i: usize, rule: usize) -> Vec<u8> {
@@ -108,6 +134,9 @@ async fn publish_all(js: &jetstream::Context, bodies: Vec<(String, Vec<u8>)>) ->
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(a: BenchArgs) -> Result<i32> {
+    if let Some(Other::Containment(c)) = a.other {
+        return containment::run(c).await;
+    }
     if a.playbooks == 0 || a.events == 0 {
         bail!("--playbooks and --events must be at least 1");
     }
@@ -316,13 +345,7 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
     shutdown.cancel();
     engine_task.await??;
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        let idx = ((lat.len() as f64 - 1.0) * p).round() as usize;
-        lat.get(idx).copied().unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| percentile(&lat, p);
     Ok(Figures {
         raw_consumer_per_sec: raw_rate,
         io_ceiling_per_sec: ceiling_rate,
