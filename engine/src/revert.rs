@@ -291,7 +291,13 @@ impl Scheduler {
         let key = p.key();
         let retry = match &result {
             Ok(out) => {
-                rec.output = Some(out.output.clone());
+                let mut o = out.output.clone();
+                if let (Some(map), Some(asked)) = (o.as_object_mut(), rec.output.take()) {
+                    if let Some(asked) = asked.as_object() {
+                        map.extend(asked.clone());
+                    }
+                }
+                rec.output = Some(o);
                 false
             }
             Err(e) if e.is_retryable() && p.attempts + 1 < MAX_ATTEMPTS => {

@@ -178,8 +178,22 @@ pub struct KvState {
     reverts: Reverts,
 }
 
-/// How many times a compare-and-set is retried under contention.
-const CAS_TRIES: usize = 32;
+/// How many times a compare-and-set is tried under contention.
+const CAS_TRIES: u32 = 64;
+
+/// Waits a little before compare-and-set attempt `n` (n ≥ 1) after losing a race: a few
+/// hundred microseconds growing with `n`, spread by the clock's nanoseconds so that the
+/// writers that lost do not all come back at once.
+async fn cas_pause(n: u32) {
+    if n == 0 {
+        return;
+    }
+    let spread = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos() % 1000));
+    let micros = 200 * u64::from(n.min(20)) + spread;
+    tokio::time::sleep(Duration::from_micros(micros)).await;
+}
 /// How long run, dedup and limit entries are kept at most.
 const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -230,7 +244,8 @@ impl StateStore for KvState {
         let value: bytes::Bytes = serde_json::to_vec(&Held::new(run_id, now, window))
             .map_err(|e| kv_err("encode dedup claim", e))?
             .into();
-        for _ in 0..CAS_TRIES {
+        for n in 0..CAS_TRIES {
+            cas_pause(n).await;
             let entry = self
                 .dedup
                 .entry(key)
@@ -280,7 +295,8 @@ impl StateStore for KvState {
         now: DateTime<Utc>,
     ) -> Result<bool, StateError> {
         let key = kv_key(scope, &window_index(now, per).to_string());
-        for _ in 0..CAS_TRIES {
+        for n in 0..CAS_TRIES {
+            cas_pause(n).await;
             let entry = self
                 .limits
                 .entry(&key)

@@ -189,5 +189,23 @@ pub fn line(r: &AuditRecord) -> String {
     if let Some(reason) = &r.reason {
         s.push_str(&format!(" {reason}"));
     }
+    let text =
+        |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_str).map(str::to_owned);
+    let output = r.output.as_ref();
+    if let Some(message) = text(output.and_then(|o| o.get("message"))) {
+        s.push_str(&format!(" {message}"));
+    }
+    if let Some(by) = text(output.and_then(|o| o.get("requested_by"))) {
+        s.push_str(&format!(" (asked by {by})"));
+    }
+    if let Some(dir) = text(output.and_then(|o| o.get("dir"))) {
+        s.push_str(&format!(" evidence in {dir}"));
+    }
+    if let Some(command) = text(r.revert.as_ref().and_then(|v| v.get("command"))) {
+        match text(r.revert.as_ref().and_then(|v| v.get("due"))) {
+            Some(due) => s.push_str(&format!(" [undone at {due}; now: {command}]")),
+            None => s.push_str(&format!(" [undo: {command}]")),
+        }
+    }
     s
 }

@@ -262,3 +262,119 @@ async fn dry_run_playbooks_plan_and_never_act() {
     assert_eq!(*c.calls.lock().unwrap(), 0);
     assert!(records.iter().all(|r| r.dry_run));
 }
+
+/// `pause`-like: destructive and reversible.
+static REVERSIBLE: ActionSpec = ActionSpec {
+    name: "info",
+    description: "a reversible stand-in",
+    params: riposte_connectors::log::ACTIONS[0].params,
+    destructive: true,
+    reversible: true,
+    message_param: None,
+};
+
+#[tokio::test]
+async fn a_reversible_step_that_changed_something_leaves_its_undo_with_its_due_time() {
+    let c = Arc::new(Scripted::default());
+    c.answers.lock().unwrap().extend([
+        Ok(Output {
+            output: serde_json::json!({ "changed": true }),
+            undo: Some(serde_json::json!({ "container": "c1" })),
+        }),
+        Ok(Output {
+            output: serde_json::json!({ "changed": false }),
+            undo: None,
+        }),
+    ]);
+    let mut pb = playbook(
+        "  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi } }\n    - { id: b, action: log.info, with: { message: hi } }\n",
+    );
+    for s in &mut pb.steps {
+        s.action.spec = &REVERSIBLE;
+    }
+    pb.steps[0].revert_after = Some(Duration::from_secs(7200));
+    let state = Arc::new(crate::state::MemoryState::default());
+    let clock = Arc::new(FixedClock::new(chrono::Utc::now()));
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    connectors.insert("log".into(), c);
+    let r = Runner::new(
+        Sandbox::new(clock.clone()),
+        connectors,
+        state.clone(),
+        clock.clone(),
+        Arc::new(Metrics::new()),
+        crate::engine::runner_settings(&Config::default(), false),
+    );
+    let (report, records) = run(&r, &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::Ok);
+    let kept = state.reverts();
+    assert_eq!(
+        kept.len(),
+        1,
+        "only the step that changed something: {kept:?}"
+    );
+    let p = &kept[0];
+    assert_eq!(
+        (p.run_id.as_str(), p.step.as_str(), p.action.as_str()),
+        ("r-1", "a", "info")
+    );
+    assert_eq!(p.undo, serde_json::json!({ "container": "c1" }));
+    assert_eq!(p.due, Some(clock.now() + chrono::Duration::hours(2)));
+    let step = records
+        .iter()
+        .find(|x| x.record == RecordKind::Step && x.step.as_deref() == Some("a"))
+        .unwrap();
+    assert_eq!(
+        step.revert.as_ref().unwrap()["command"],
+        "riposte revert r-1 --step a"
+    );
+}
+
+#[tokio::test]
+async fn a_connector_refusal_is_a_skipped_step_with_the_guard_reason() {
+    let c = Arc::new(Scripted::default());
+    c.answers
+        .lock()
+        .unwrap()
+        .push_back(Err(ConnectorError::Refused(
+            "container `x` is the engine's own".into(),
+        )));
+    let mut pb = playbook(
+        "  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi } }\n    - { id: b, action: log.info, with: { message: hi } }\n",
+    );
+    pb.steps[0].action.spec = &DESTRUCTIVE;
+    let (report, _) = run(&runner(c, &Config::default()), &pb, &event("shop")).await;
+    assert_eq!(report.steps[0].outcome, StepOutcome::Skipped);
+    assert_eq!(
+        report.steps[0].reason.as_deref(),
+        Some("guard: container `x` is the engine's own")
+    );
+    assert_eq!(
+        report.steps[1].outcome,
+        StepOutcome::Ok,
+        "a refusal is not a failure"
+    );
+    assert_eq!(report.outcome, RunOutcome::Ok);
+}
+
+#[test]
+fn revert_after_is_refused_on_an_action_without_an_inverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: p }\nspec:\n  match: {}\n  steps:\n    - id: a\n      action: log.info\n      with: { message: hi }\n      revert_after: 1h\n",
+    )
+    .unwrap();
+    let problems = load_file(
+        &file,
+        &Catalog::from_config(&Config::default_with_bindings()),
+        &Sandbox::new(Arc::new(crate::clock::SystemClock)),
+    )
+    .unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.line == 10
+            && p.message == "`revert_after` needs a reversible action; `log.info` has no inverse"),
+        "{problems:?}"
+    );
+}
