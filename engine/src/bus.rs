@@ -388,7 +388,7 @@ impl Processor {
             let enriched = if matched.is_empty() {
                 None
             } else {
-                self.runner.enrich(event).await
+                self.runner.enrich(event, &matched).await
             };
             let enriched_view = enriched
                 .as_ref()

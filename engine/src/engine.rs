@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use riposte_connectors::{BuildError, Connector, ConnectorKind, Deps, Protection};

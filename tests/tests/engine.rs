@@ -494,7 +494,7 @@ fn run_refuses_to_start_on_an_invalid_playbook_set_and_says_why() {
     let work = tempfile::tempdir().unwrap();
     write(
         &work.path().join("pb/bad.yaml"),
-        "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: bad }\nspec:\n  match: { when: 'event.title ==' }\n  steps:\n    - { id: a, action: docker.kill, with: {} }\n",
+        "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: bad }\nspec:\n  match: { when: 'event.title ==' }\n  steps:\n    - { id: a, action: firewall.block, with: {} }\n",
     );
     let mut engine = Engine::spawn(&nats.url, &work.path().join("pb"), None, work.path());
     let code = engine.wait_exit(Duration::from_secs(20));
@@ -505,7 +505,7 @@ fn run_refuses_to_start_on_an_invalid_playbook_set_and_says_why() {
         "{log}"
     );
     assert!(log.contains("bad.yaml:5:"), "{log}");
-    assert!(log.contains("unknown connector `docker`"), "{log}");
+    assert!(log.contains("unknown connector `firewall`"), "{log}");
 }
 
 /// The process id written by the embedded server's supervisor, if that process is alive.

@@ -170,6 +170,7 @@ pub fn load_file(
     };
     let mut playbook = c.playbook(doc);
     playbook.uses_data = text.contains("data");
+    playbook.uses_enrichment = text.contains("enrichment");
     if c.problems.is_empty() {
         Ok(playbook)
     } else {
@@ -362,6 +363,7 @@ impl Compiler<'_> {
             notify,
             tests: spec.tests,
             uses_data: true,
+            uses_enrichment: true,
         }
     }
 

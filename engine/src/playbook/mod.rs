@@ -143,6 +143,9 @@ pub struct Playbook {
     /// Whether any of its expressions may read `event.data` (the word appears in the file), so
     /// the payload must be converted for Rhai.
     pub uses_data: bool,
+    /// Whether any of its expressions may read `event.enrichment` (the word appears in the
+    /// file), so every connector is asked about the event, not only those its steps use.
+    pub uses_enrichment: bool,
 }
 
 impl Playbook {

@@ -597,10 +597,12 @@ impl Runner {
         }))
     }
 
-    /// The event with what connectors know of the container it names (`event.enrichment.<type>`),
-    /// or `None` when there is nothing to add. Not in plan-only mode, which calls nothing
-    /// outside.
-    pub async fn enrich(&self, event: &Event) -> Option<Event> {
+    /// The event with what connectors know of the container it names
+    /// (`event.enrichment.<instance>`), for the playbooks about to run it, or `None` when there
+    /// is nothing to add. Only the instances those playbooks' steps use are asked (every one
+    /// when a playbook reads `event.enrichment`), so events whose playbooks only log or publish
+    /// cost no outside call. Not in plan-only mode, which calls nothing outside.
+    pub async fn enrich(&self, event: &Event, playbooks: &[Arc<Playbook>]) -> Option<Event> {
         if self.settings.plan_only {
             return None;
         }
@@ -608,7 +610,17 @@ impl Runner {
         let subject = Subject {
             container_id: Some(id),
         };
-        let mut names: Vec<&String> = self.connectors.keys().collect();
+        let every = playbooks.iter().any(|p| p.uses_enrichment);
+        let used: std::collections::BTreeSet<&str> = playbooks
+            .iter()
+            .flat_map(|p| p.steps.iter().chain(&p.notify))
+            .map(|s| s.action.instance.as_str())
+            .collect();
+        let mut names: Vec<&String> = self
+            .connectors
+            .keys()
+            .filter(|n| every || used.contains(n.as_str()))
+            .collect();
         names.sort();
         let mut enriched = event.clone();
         for name in names {
