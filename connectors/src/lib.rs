@@ -7,6 +7,9 @@
 //!   ([`ConnectorKind::build`]); adding a connector is one module plus one variant here.
 //! - [`spec`]: action and parameter descriptions, and argument checking against them.
 //! - [`guard`]: what no destructive action may touch (protected names and labels).
+//! - [`notice`]: the enriched notice notification connectors render natively.
+//! - [`http`]: settings with secrets from files, and the JSON POST notification connectors
+//!   share.
 //! - one module per connector, named after its key in playbooks: [`docker`], [`log`], [`nats`].
 //!
 //! Connectors know nothing of playbooks, the bus or the audit trail: the engine hands them
@@ -16,8 +19,10 @@
 
 pub mod docker;
 pub mod guard;
+pub mod http;
 pub mod log;
 pub mod nats;
+pub mod notice;
 pub mod spec;
 
 use std::fmt;

@@ -39,6 +39,9 @@ pub enum RecordKind {
     Limit,
     /// A destructive step is about to run.
     StepStarted,
+    /// An attempt of a step failed and is tried again (`retrying`, with the attempt number and
+    /// the reason).
+    Attempt,
     /// A step finished: `ok`, `failed`, `skipped` or `planned`.
     Step,
     /// A notification finished.
@@ -60,6 +63,7 @@ impl RecordKind {
             RecordKind::Dedup => "dedup",
             RecordKind::Limit => "limit",
             RecordKind::StepStarted => "step_started",
+            RecordKind::Attempt => "attempt",
             RecordKind::Step => "step",
             RecordKind::Notify => "notify",
             RecordKind::Run => "run",

@@ -463,7 +463,10 @@ impl Runner {
             None => Ok(message::default_message(run, step)),
         };
         let args = match args {
-            Ok(Value::Object(map)) => map,
+            Ok(Value::Object(mut map)) => {
+                message::fill(run, step, &mut map);
+                map
+            }
             Ok(_) => serde_json::Map::new(),
             Err(e) => {
                 r.outcome = StepOutcome::Failed;
@@ -542,7 +545,15 @@ impl Runner {
             rec.args = r.args.clone();
             audit.publish_now(run.run_id, rec).await?;
         }
-        let (result, attempts) = self.attempt(connector.as_ref(), step, &args).await;
+        let (result, attempts, retried) = self.attempt(connector.as_ref(), step, &args).await;
+        for (n, why) in retried {
+            let mut rec = self.record(RecordKind::Attempt, "retrying", run);
+            rec.step = Some(step.id.clone());
+            rec.action = Some(r.action.clone());
+            rec.attempts = Some(n);
+            rec.reason = Some(why);
+            audit.add(rec);
+        }
         match result {
             Ok(out) => {
                 r.outcome = StepOutcome::Ok;
@@ -635,13 +646,19 @@ impl Runner {
         (!enriched.enrichment.is_empty()).then_some(enriched)
     }
 
-    /// Runs an action with its retries and per-attempt timeout.
+    /// Runs an action with its retries and per-attempt timeout. Returns the last result, the
+    /// number of attempts, and each failed attempt that was tried again (number, reason).
     async fn attempt(
         &self,
         connector: &dyn Connector,
         step: &Step,
         args: &riposte_connectors::Args,
-    ) -> (Result<riposte_connectors::Output, ConnectorError>, u32) {
+    ) -> (
+        Result<riposte_connectors::Output, ConnectorError>,
+        u32,
+        Vec<(u32, String)>,
+    ) {
+        let mut retried = Vec::new();
         let limit = step.timeout.unwrap_or(self.settings.step_timeout);
         let mut backoff = step.backoff;
         let mut attempt = 1;
@@ -657,11 +674,12 @@ impl Runner {
             match result {
                 Err(e) if e.is_retryable() && attempt < step.attempts => {
                     tracing::warn!(step = %step.id, attempt, error = %e, "step failed, retrying");
+                    retried.push((attempt, e.to_string()));
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                     attempt += 1;
                 }
-                other => return (other, attempt),
+                other => return (other, attempt, retried),
             }
         }
     }

@@ -132,6 +132,16 @@ async fn transient_failures_are_retried_with_doubling_backoff() {
         .find(|r| r.record == RecordKind::Step)
         .unwrap();
     assert_eq!((step.outcome.as_str(), step.attempts), ("ok", Some(3)));
+    let retried: Vec<(Option<u32>, Option<&str>)> = records
+        .iter()
+        .filter(|r| r.record == RecordKind::Attempt)
+        .map(|r| (r.attempts, r.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        retried,
+        vec![(Some(1), Some("busy")), (Some(2), Some("busy"))],
+        "every failed attempt is on record"
+    );
 }
 
 #[tokio::test(start_paused = true)]
