@@ -10,20 +10,29 @@
 //! - [`notice`]: the enriched notice notification connectors render natively.
 //! - [`http`]: settings with secrets from files, and the JSON POST notification connectors
 //!   share.
-//! - one module per connector, named after its key in playbooks: [`docker`], [`log`], [`nats`].
+//! - one module per connector, named after its type in `riposte.yaml`: [`docker`], [`log`],
+//!   [`nats`]; the notification connectors [`pagerduty`], [`opsgenie`], [`slack`], [`msteams`],
+//!   [`webhook`], [`alertmanager`], [`email`].
 //!
 //! Connectors know nothing of playbooks, the bus or the audit trail: the engine hands them
 //! checked arguments and records what they return. What they share with the engine (its NATS
 //! connection, its data directory, its guards) is injected through [`Deps`], so tests can hand
 //! in real ones on test servers.
 
+pub mod alertmanager;
 pub mod docker;
+pub mod email;
 pub mod guard;
 pub mod http;
 pub mod log;
+pub mod msteams;
 pub mod nats;
 pub mod notice;
+pub mod opsgenie;
+pub mod pagerduty;
+pub mod slack;
 pub mod spec;
+pub mod webhook;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -167,14 +176,35 @@ pub enum ConnectorKind {
     Nats,
     /// Contains, stops and snapshots containers through the Docker Engine API.
     Docker,
+    /// PagerDuty Events API v2.
+    PagerDuty,
+    /// Opsgenie Alerts API.
+    Opsgenie,
+    /// Slack incoming webhook.
+    Slack,
+    /// Microsoft Teams incoming webhook.
+    Msteams,
+    /// Signed HTTP POST to any URL.
+    Webhook,
+    /// Alertmanager's alerts API.
+    Alertmanager,
+    /// SMTP mail.
+    Email,
 }
 
 impl ConnectorKind {
     /// Every connector type.
-    pub const ALL: [ConnectorKind; 3] = [
+    pub const ALL: [ConnectorKind; 10] = [
         ConnectorKind::Log,
         ConnectorKind::Nats,
         ConnectorKind::Docker,
+        ConnectorKind::PagerDuty,
+        ConnectorKind::Opsgenie,
+        ConnectorKind::Slack,
+        ConnectorKind::Msteams,
+        ConnectorKind::Webhook,
+        ConnectorKind::Alertmanager,
+        ConnectorKind::Email,
     ];
 
     /// The type's name in `riposte.yaml` and, for default instances, in playbooks.
@@ -183,6 +213,13 @@ impl ConnectorKind {
             ConnectorKind::Log => "log",
             ConnectorKind::Nats => "nats",
             ConnectorKind::Docker => "docker",
+            ConnectorKind::PagerDuty => "pagerduty",
+            ConnectorKind::Opsgenie => "opsgenie",
+            ConnectorKind::Slack => "slack",
+            ConnectorKind::Msteams => "msteams",
+            ConnectorKind::Webhook => "webhook",
+            ConnectorKind::Alertmanager => "alertmanager",
+            ConnectorKind::Email => "email",
         }
     }
 
@@ -197,6 +234,13 @@ impl ConnectorKind {
             ConnectorKind::Log => log::ACTIONS,
             ConnectorKind::Nats => nats::ACTIONS,
             ConnectorKind::Docker => docker::ACTIONS,
+            ConnectorKind::PagerDuty => pagerduty::ACTIONS,
+            ConnectorKind::Opsgenie => opsgenie::ACTIONS,
+            ConnectorKind::Slack => slack::ACTIONS,
+            ConnectorKind::Msteams => msteams::ACTIONS,
+            ConnectorKind::Webhook => webhook::ACTIONS,
+            ConnectorKind::Alertmanager => alertmanager::ACTIONS,
+            ConnectorKind::Email => email::ACTIONS,
         }
     }
 
@@ -204,6 +248,13 @@ impl ConnectorKind {
     pub fn has_default_instance(self) -> bool {
         match self {
             ConnectorKind::Log | ConnectorKind::Nats | ConnectorKind::Docker => true,
+            ConnectorKind::PagerDuty
+            | ConnectorKind::Opsgenie
+            | ConnectorKind::Slack
+            | ConnectorKind::Msteams
+            | ConnectorKind::Webhook
+            | ConnectorKind::Alertmanager
+            | ConnectorKind::Email => false,
         }
     }
 
@@ -221,6 +272,27 @@ impl ConnectorKind {
                 instance, settings, deps,
             )?)),
             ConnectorKind::Docker => Ok(Arc::new(docker::DockerConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::PagerDuty => Ok(Arc::new(pagerduty::PagerDutyConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Opsgenie => Ok(Arc::new(opsgenie::OpsgenieConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Slack => Ok(Arc::new(slack::SlackConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Msteams => Ok(Arc::new(msteams::TeamsConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Webhook => Ok(Arc::new(webhook::WebhookConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Alertmanager => Ok(Arc::new(alertmanager::AlertmanagerConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Email => Ok(Arc::new(email::EmailConnector::new(
                 instance, settings, deps,
             )?)),
         }
