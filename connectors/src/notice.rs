@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// What happened, where, whose it is, what riposte did, the evidence and the links.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +47,29 @@ pub struct Notice {
     pub links: Links,
     /// The start of the raw event.
     pub excerpt: String,
+    /// When notices are grouped: how many events this one stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+/// A group of notices about one workload, sent as one page and its updates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Group {
+    /// The group's key (also the page's dedup key).
+    pub key: String,
+    /// Events in the group so far.
+    pub events: u64,
+    /// Events since the previous notice of this group.
+    pub new_events: u64,
+    /// How many notices of this group were sent before this one.
+    pub sent_before: u64,
+    /// The first event's time (RFC 3339).
+    pub first_seen: String,
+    /// The latest event's time.
+    pub last_seen: String,
+    /// The latest runs in the group (newest last).
+    pub runs: Vec<String>,
 }
 
 /// Where an event happened; every part only when known.
@@ -147,6 +171,9 @@ impl Notice {
             s.push_str(" on ");
             s.push_str(&at);
         }
+        if let Some(g) = self.group.as_ref().filter(|g| g.events > 1) {
+            s.push_str(&format!(" ({} events since {})", g.events, g.first_seen));
+        }
         s
     }
 
@@ -224,8 +251,57 @@ impl Notice {
         if !self.links.audit.is_empty() {
             s.push_str(&format!("audit: {}\n", self.links.audit));
         }
+        if let Some(g) = &self.group {
+            s.push_str(&format!(
+                "grouped: {} event(s) from {} to {}, {} new since the last notice; latest runs: {}\n",
+                g.events,
+                g.first_seen,
+                g.last_seen,
+                g.new_events,
+                g.runs.join(", ")
+            ));
+        }
         s
     }
+}
+
+impl Notice {
+    /// `riposte:<playbook>:<container id | namespace/pod | event id>`: the key under which one
+    /// incident about one workload is opened, acknowledged and resolved, so every alert of a
+    /// playbook about the same container lands on the same incident. A key longer than `max`
+    /// characters becomes `riposte:sha256:<hex of the key>` (79 characters), which still names
+    /// the same workload every time.
+    pub fn incident_key(&self, max: usize) -> String {
+        let subject = match (&self.place.container_id, &self.place.pod) {
+            (Some(id), _) if !id.is_empty() => id.clone(),
+            (_, Some(pod)) if !pod.is_empty() => {
+                format!("{}/{pod}", self.place.namespace.as_deref().unwrap_or(""))
+            }
+            _ if !self.event_id.is_empty() => self.event_id.clone(),
+            _ => self.run_id.clone(),
+        };
+        let key = format!("riposte:{}:{subject}", self.playbook);
+        if key.chars().count() <= max {
+            return key;
+        }
+        format!(
+            "riposte:sha256:{}",
+            hex::encode(Sha256::digest(key.as_bytes()))
+        )
+    }
+}
+
+/// `text` cut to at most `max` characters, the last one `…` when it was cut. Services refuse or
+/// truncate fields past their documented limits; cutting here keeps the cut visible.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    if max > 0 {
+        out.push('…');
+    }
+    out
 }
 
 impl Place {
@@ -300,6 +376,34 @@ mod tests {
         ), "{t}");
         assert!(t.contains("- docker.pause (contain) ok (undo: `riposte revert r-1 --step contain`, undone by itself at 2026-11-23T13:00:00Z)"), "{t}");
         assert!(t.contains("audit: riposte audit --run r-1"), "{t}");
+    }
+
+    #[test]
+    fn the_incident_key_names_the_playbook_and_the_workload_and_fits_its_limit() {
+        let mut n = sample();
+        n.event_id = "evt-1".into();
+        assert_eq!(
+            n.incident_key(255),
+            "riposte:shell-in-container:shop/web-1-7f9c"
+        );
+        n.place.container_id = Some("c0ffee".into());
+        assert_eq!(n.incident_key(255), "riposte:shell-in-container:c0ffee");
+        n.place.container_id = Some("x".repeat(300));
+        let long = n.incident_key(255);
+        assert!(
+            long.starts_with("riposte:sha256:") && long.len() == 79,
+            "{long}"
+        );
+        assert_eq!(n.incident_key(255), long);
+        n.place = Place::default();
+        assert_eq!(n.incident_key(255), "riposte:shell-in-container:evt-1");
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_marks_a_cut() {
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcdef", 4), "abc…");
+        assert_eq!(clip("ééééé", 3).chars().count(), 3);
     }
 
     #[test]

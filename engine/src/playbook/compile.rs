@@ -308,6 +308,20 @@ impl Compiler<'_> {
                 revert_after: None,
             };
             if let Some(mut step) = self.step(&as_step, &path, n.with.is_none()) {
+                step.grouped = n.group.unwrap_or(true);
+                step.resolve_when = n.resolve_when.as_deref().and_then(|text| {
+                    match self.sandbox.compile(text, Context::Run) {
+                        Ok(ast) => Some(ast),
+                        Err(e) => {
+                            self.report_script(
+                                &format!("{path}.resolve_when"),
+                                "in `resolve_when`",
+                                e,
+                            );
+                            None
+                        }
+                    }
+                });
                 if n.with.is_none() {
                     if step.action.spec.message_param.is_none() {
                         self.report(
@@ -495,6 +509,8 @@ impl Compiler<'_> {
             backoff,
             timeout: s.timeout.map(|t| t.get()),
             revert_after: s.revert_after.map(|t| t.get()),
+            grouped: false,
+            resolve_when: None,
         })
     }
 

@@ -103,6 +103,10 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// When to undo a reversible action after it succeeded.
     pub revert_after: Option<Duration>,
+    /// For a notification: whether it joins its group rather than being sent at once.
+    pub grouped: bool,
+    /// For a notification: when its group's page is resolved.
+    pub resolve_when: Option<AST>,
 }
 
 /// A loaded playbook.

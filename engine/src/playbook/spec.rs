@@ -201,6 +201,15 @@ pub struct NotifySpec {
     /// Time limit of each attempt.
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    /// Whether the notification joins its group (one page and its updates, see
+    /// `notifications` in riposte.yaml) rather than being sent at once. Default true; only
+    /// actions that take the enriched notice are grouped.
+    #[serde(default)]
+    pub group: Option<bool>,
+    /// A Rhai condition, evaluated when the run ends: true resolves the group's page (the
+    /// remediation completed), e.g. `run.outcome == "ok"`.
+    #[serde(default)]
+    pub resolve_when: Option<String>,
 }
 
 /// One test case of a playbook.

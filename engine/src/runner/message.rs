@@ -181,5 +181,6 @@ pub(super) fn notice(run: &RunCtx<'_>) -> Notice {
             audit: format!("riposte audit --run {}", run.run_id),
         },
         excerpt,
+        group: None,
     }
 }

@@ -22,6 +22,7 @@ use crate::audit::{AuditBatch, AuditError, AuditRecord, RecordKind};
 use crate::clock::Clock;
 use crate::config::{GlobalLimits, Protect};
 use crate::event::Event;
+use crate::grouping::{group_key, Groups};
 use crate::matcher::EventView;
 use crate::metrics::Metrics;
 use crate::playbook::{Mode, OnError, Playbook, Step};
@@ -80,6 +81,8 @@ pub enum StepOutcome {
     Skipped,
     /// It was planned, not run.
     Planned,
+    /// A notification that joined its group: the group's notice is sent later.
+    Deferred,
 }
 
 impl StepOutcome {
@@ -90,6 +93,7 @@ impl StepOutcome {
             StepOutcome::Failed => "failed",
             StepOutcome::Skipped => "skipped",
             StepOutcome::Planned => "planned",
+            StepOutcome::Deferred => "deferred",
         }
     }
 }
@@ -154,6 +158,7 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     settings: RunnerSettings,
+    grouping: Option<Groups>,
 }
 
 impl Runner {
@@ -173,7 +178,14 @@ impl Runner {
             clock,
             metrics,
             settings,
+            grouping: None,
         }
+    }
+
+    /// Groups notifications that take the enriched notice (see [`crate::grouping`]).
+    pub fn with_grouping(mut self, groups: Groups) -> Self {
+        self.grouping = Some(groups);
+        self
     }
 
     /// The sandbox expressions run in.
@@ -515,6 +527,11 @@ impl Runner {
             }
             return Ok((r, None));
         }
+        if let Some(groups) = self.grouping.as_ref().filter(|_| notify && step.grouped) {
+            if takes_notice(step.action.spec) {
+                return self.defer(groups, run, step, r, args).await;
+            }
+        }
         if step.action.spec.destructive {
             let l = &self.settings.limits;
             if !self
@@ -571,6 +588,52 @@ impl Runner {
             }
         }
         Ok((r, Some(attempts)))
+    }
+
+    /// Adds a notification to its group instead of sending it.
+    async fn defer(
+        &self,
+        groups: &Groups,
+        run: &mut RunCtx<'_>,
+        step: &Step,
+        mut r: StepReport,
+        args: riposte_connectors::Args,
+    ) -> Result<(StepReport, Option<u32>), RunError> {
+        let mut reason = None;
+        let resolve = match &step.resolve_when {
+            None => false,
+            Some(ast) => {
+                let mut scope = run.scope(true);
+                self.sandbox.eval_bool(ast, &mut scope).unwrap_or_else(|e| {
+                    reason = Some(format!("`resolve_when` failed: {e}"));
+                    false
+                })
+            }
+        };
+        let action = step.action.to_string();
+        let key = group_key(&groups.settings().by, &run.pb.name, &action, run.view.event);
+        let g = groups
+            .defer(
+                &key,
+                &run.pb.name,
+                &step.action.instance,
+                &step.action.action,
+                args,
+                run.run_id,
+                &run.view.event.id,
+                resolve,
+                self.clock.now(),
+            )
+            .await?;
+        r.outcome = StepOutcome::Deferred;
+        r.reason = reason;
+        r.output = Some(json!({
+            "group": key,
+            "events": g.events,
+            "notice_at": g.next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "resolves": resolve,
+        }));
+        Ok((r, None))
     }
 
     /// Records the undo of a reversible step that changed something; returns what the step's
@@ -717,6 +780,16 @@ impl Runner {
         }
         None
     }
+}
+
+/// Whether an action takes the enriched notice (its message parameter takes any value): the
+/// paging and chat connectors, whose notifications are grouped.
+fn takes_notice(spec: &riposte_connectors::ActionSpec) -> bool {
+    spec.message_param.is_some_and(|m| {
+        spec.params
+            .iter()
+            .any(|p| p.name == m && p.ty == riposte_connectors::ParamType::Any)
+    })
 }
 
 /// Fills the container's name and image from enrichment facts when the producer left them out.
