@@ -7,6 +7,7 @@
 //! - [`cli`]: runs other `riposte` commands and returns their output.
 //! - [`audit_records`], [`wait_for`]: read the audit trail (through `riposte audit --json`) and
 //!   wait for a condition on it.
+//! - [`notify`]: a real Alertmanager and a real SMTP server for the notification connectors.
 
 #![allow(
     clippy::unwrap_used,
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use riposte::audit::AuditRecord;
 
 pub mod docker;
+pub mod notify;
 
 /// The `riposte` binary under test.
 pub fn riposte_bin() -> PathBuf {
