@@ -191,6 +191,20 @@ pub fn read_secret(path: &Path) -> Result<Secret, String> {
     Ok(Secret(value.to_owned()))
 }
 
+/// `base` with `segments` appended to its path, each percent-encoded, its query and fragment
+/// dropped: an API root behind a path prefix (a proxy, a test server) keeps the prefix, and a
+/// value such as an alert alias cannot escape its path segment.
+pub fn endpoint(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    // Only URLs that cannot be a base (`mailto:`) refuse; `parse_url` admits http(s) only.
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
 /// `https://events.pagerduty.com`: what may be said about a URL.
 pub fn origin(url: &reqwest::Url) -> String {
     match url.port() {
@@ -286,6 +300,21 @@ mod tests {
         let (url, secret) = s.url_file("url_file").unwrap().unwrap();
         assert_eq!(origin(&url), "https://hooks.example");
         assert_eq!(format!("{secret:?}"), "***");
+    }
+
+    #[test]
+    fn endpoints_keep_the_base_path_and_encode_their_segments() {
+        let base = reqwest::Url::parse("http://127.0.0.1:9/prefix/").unwrap();
+        let u = endpoint(&base, &["v2", "alerts", "riposte:a/b c"]);
+        assert_eq!(
+            u.as_str(),
+            "http://127.0.0.1:9/prefix/v2/alerts/riposte:a%2Fb%20c"
+        );
+        let root = reqwest::Url::parse("https://api.opsgenie.com").unwrap();
+        assert_eq!(
+            endpoint(&root, &["v2", "alerts"]).as_str(),
+            "https://api.opsgenie.com/v2/alerts"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use riposte::audit::AuditRecord;
 
 pub mod docker;
 pub mod notify;
+pub mod receiver;
 
 /// The `riposte` binary under test.
 pub fn riposte_bin() -> PathBuf {
