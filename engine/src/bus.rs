@@ -61,7 +61,13 @@ pub enum BusError {
 
 /// Subjects every engine captures, bound or not: `riposte.in.<format>`.
 pub const INGEST_SUBJECTS: &str = "riposte.in.>";
-const INGEST_PREFIX: &str = "riposte.in.";
+/// The prefix of those subjects; the ingest gateway publishes on `<prefix><format>`.
+pub const INGEST_PREFIX: &str = "riposte.in.";
+/// The message header naming who sent a payload through the ingest gateway (a token or key
+/// name). The bus copies it into every event of the payload as the label [`INGEST_SOURCE_LABEL`].
+pub const INGEST_SOURCE_HEADER: &str = "Riposte-Ingest-Source";
+/// The event label that carries [`INGEST_SOURCE_HEADER`].
+pub const INGEST_SOURCE_LABEL: &str = "ingest.source";
 
 /// How long the server waits for an acknowledgement before redelivering. Runs that take longer
 /// send progress signals.
@@ -268,12 +274,14 @@ pub fn run_id(pos: &Position, index: usize, playbook: &str) -> String {
 
 impl Processor {
     /// Processes one payload: normalize, match, run, record. `Err` means "not recorded, deliver
-    /// again"; everything else, including bad input, is settled.
+    /// again"; everything else, including bad input, is settled. `ingest_source` is the
+    /// gateway's [`INGEST_SOURCE_HEADER`], recorded on each event.
     pub async fn process(
         &self,
         subject: &str,
         payload: &[u8],
         pos: &Position,
+        ingest_source: Option<&str>,
     ) -> Result<Settled, RunError> {
         let format = self.config.format_for(subject);
         let format_name = format.map_or("unbound", Source::as_str);
@@ -319,7 +327,7 @@ impl Processor {
                 )
                 .await;
         }
-        let events = match formats::normalize(format, payload, self.clock.now()) {
+        let mut events = match formats::normalize(format, payload, self.clock.now()) {
             Ok(events) => events,
             Err(e) => {
                 let code = e.code();
@@ -329,6 +337,13 @@ impl Processor {
                     .await;
             }
         };
+        if let Some(name) = ingest_source {
+            for event in &mut events {
+                event
+                    .labels
+                    .insert(INGEST_SOURCE_LABEL.to_owned(), name.to_owned());
+            }
+        }
         let mut audit = self.audit.batch(format!("ev:{}:{}", pos.stream, pos.seq));
         if events.is_empty() {
             // A valid payload with nothing in it (an empty EventList, an alert group without
@@ -557,7 +572,12 @@ async fn handle(p: &Processor, msg: jetstream::Message, force: &CancellationToke
         }
     };
     let subject = msg.subject.to_string();
-    let work = p.process(&subject, &msg.payload, &pos);
+    let source = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(INGEST_SOURCE_HEADER))
+        .map(|v| v.as_str());
+    let work = p.process(&subject, &msg.payload, &pos, source);
     tokio::pin!(work);
     let mut ticker = tokio::time::interval(ACK_WAIT / 3);
     ticker.tick().await;

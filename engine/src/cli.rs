@@ -1,5 +1,5 @@
-//! The command line: `riposte run | check | test | explain | publish | audit | revert | schema |
-//! bench`.
+//! The command line: `riposte run | ingest | check | test | explain | publish | audit | revert |
+//! schema | bench`.
 //!
 //! Owns argument parsing and what each command prints; the work is done by the library
 //! modules. Commands that talk to NATS take `--nats URL` (else `RIPOSTE_NATS_URL`, the config's
@@ -48,6 +48,18 @@ pub enum Command {
     /// set. Stops on SIGINT/SIGTERM: runs in flight get the grace period, then are abandoned
     /// (and redelivered to another replica or the next start).
     Run(RunArgs),
+    /// Serve the authenticated HTTP ingest gateway alone: `POST /v1/events/{format}` publishes
+    /// the body to `riposte.in.<format>` on NATS.
+    ///
+    /// Needs an `ingest:` section in the config (tokens_file, hmac_keys_file or a client CA);
+    /// `riposte run` serves the same gateway itself when that section has `listen`. Senders get
+    /// 202 with the event ids once JetStream stored the payload, 401 without valid credentials,
+    /// 413 over the body limit, 400 when the format's normalizer refuses the payload, and 503
+    /// (with Retry-After) when NATS does not take it.
+    #[command(
+        after_help = "Examples:\n  riposte ingest --config riposte.yaml --listen 0.0.0.0:8443\n  curl -H \"Authorization: Bearer $(cat token)\" --data-binary @alert.json http://127.0.0.1:8443/v1/events/falco"
+    )]
+    Ingest(IngestArgs),
     /// Check playbooks: schema, unknown keys, connectors, actions, parameters, Rhai syntax.
     ///
     /// Prints `file:line:column: message` for every problem and exits 1 when there is any.
@@ -148,6 +160,21 @@ pub struct RunArgs {
     /// This replica's name in audit records.
     #[arg(long)]
     replica: Option<String>,
+}
+
+/// Arguments of `ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    nats: NatsArg,
+    /// Address to serve the gateway on (default: the config's `ingest.listen`).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Address of the metrics and health endpoint (default: the config's `metrics.listen`).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A playbook directory and the config that names the connector instances.
@@ -260,6 +287,15 @@ pub struct SchemaArgs {
 pub async fn main(cli: Cli, shutdown: CancellationToken) -> Result<i32> {
     match cli.command {
         Command::Run(a) => run(a, shutdown).await,
+        Command::Ingest(a) => {
+            let mut config = a.config.load()?;
+            if let Some(m) = a.metrics_listen {
+                config.metrics.listen = m;
+            }
+            let url = a.nats.url(&config);
+            crate::ingest::run(&config, &url, a.listen, shutdown).await?;
+            Ok(0)
+        }
         Command::Check(a) => check(a),
         Command::Test(a) => test(a).await,
         Command::Explain(a) => explain(a).await,

@@ -77,6 +77,10 @@ pub struct Config {
     /// Metrics and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The authenticated HTTP ingest gateway (`POST /v1/events/{format}`). Served by
+    /// `riposte run` when it has `listen`, or alone by `riposte ingest`.
+    #[serde(default)]
+    pub ingest: Option<IngestConfig>,
 }
 
 /// How to reach NATS.
@@ -409,6 +413,113 @@ fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
+/// The ingest gateway: where it listens, how senders authenticate (secrets from files), and its
+/// limits.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address to serve on, e.g. `0.0.0.0:8443`. `riposte run` serves the gateway only when it
+    /// is set; `riposte ingest --listen` wins over it.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Bearer tokens, one `name:token` per line (`#` comments). The name is recorded on the
+    /// event as the label `ingest.source`.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// HMAC-SHA256 keys, one `name:secret` per line, for `X-Riposte-Signature`.
+    #[serde(default)]
+    pub hmac_keys_file: Option<PathBuf>,
+    /// How far a signed request's `X-Riposte-Timestamp` may be from now; a signature is
+    /// accepted once within it.
+    #[serde(default = "default_replay_window")]
+    pub replay_window: HumanDuration,
+    /// Largest body accepted (413 above it). Default: `engine.max_payload_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// How long a publish may wait for JetStream's acknowledgement before the sender is told to
+    /// retry (503).
+    #[serde(default = "default_publish_timeout")]
+    pub publish_timeout: HumanDuration,
+    /// HTTPS, from files.
+    #[serde(default)]
+    pub tls: Option<IngestTls>,
+}
+
+/// The gateway's TLS: its certificate and key, and optionally the CA that client certificates
+/// must chain to (mutual TLS).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestTls {
+    /// Certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA bundle (PEM). When set, every client must present a certificate it signed, and such
+    /// a certificate alone authenticates a request (for senders that cannot add headers).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+fn default_replay_window() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+
+fn default_publish_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
+}
+
+impl IngestConfig {
+    /// The body limit in force.
+    pub fn body_limit(&self, engine: &EngineSettings) -> usize {
+        self.max_body_bytes.unwrap_or(engine.max_payload_bytes)
+    }
+
+    fn problems(&self, config: &Config) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mutual = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        if self.tokens_file.is_none() && self.hmac_keys_file.is_none() && !mutual {
+            problems.push(
+                "ingest: give `tokens_file`, `hmac_keys_file` or `tls.client_ca_file`: the \
+                 gateway never accepts unauthenticated events"
+                    .to_owned(),
+            );
+        }
+        if self.replay_window.get() < std::time::Duration::from_secs(1) {
+            problems.push("ingest.replay_window must be at least 1s".to_owned());
+        }
+        if self.publish_timeout.get() < std::time::Duration::from_millis(10) {
+            problems.push("ingest.publish_timeout must be at least 10ms".to_owned());
+        }
+        let limit = self.body_limit(&config.engine);
+        if limit == 0 {
+            problems.push("ingest.max_body_bytes must be at least 1".to_owned());
+        }
+        if limit > config.engine.max_payload_bytes {
+            problems.push(format!(
+                "ingest.max_body_bytes ({limit}) is over engine.max_payload_bytes ({}): the \
+                 engine would dead-letter what the gateway accepts",
+                config.engine.max_payload_bytes
+            ));
+        }
+        for format in Source::ALL {
+            let subject = format!("riposte.in.{format}");
+            let bound = config.format_for(&subject);
+            if bound != Some(format) {
+                problems.push(format!(
+                    "ingest: the gateway publishes {format} payloads on `{subject}`, which \
+                     `bindings` bind to {}: bind `riposte.in.{format}` to `{format}` (before any \
+                     wildcard binding)",
+                    bound.map_or_else(|| "no format".to_owned(), |b| format!("`{b}`"))
+                ));
+            }
+        }
+        problems
+    }
+}
+
 impl Config {
     /// Loads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -511,6 +622,9 @@ impl Config {
         }
         if self.engine.max_payload_bytes == 0 {
             problems.push("engine.max_payload_bytes must be at least 1".to_owned());
+        }
+        if let Some(ingest) = &self.ingest {
+            problems.extend(ingest.problems(self));
         }
         if problems.is_empty() {
             Ok(())
@@ -649,6 +763,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("overlaps"), "{err}");
+    }
+
+    #[test]
+    fn the_ingest_section_is_strict_and_checked_against_the_bindings() {
+        let c = Config::parse(
+            "ingest:\n  listen: 127.0.0.1:8443\n  tokens_file: /run/secrets/t\n",
+            Path::new("r.yaml"),
+        )
+        .unwrap();
+        let i = c.ingest.unwrap();
+        assert_eq!(i.replay_window.get(), std::time::Duration::from_secs(300));
+        assert_eq!(i.body_limit(&c.engine), 1024 * 1024);
+
+        let err = Config::parse(
+            "ingest:\n  listen: 127.0.0.1:8443\n  token_file: x\n  tls: { cert_file: a, key_file: b, ca: c }\n",
+            Path::new("r.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `ingest.token_file`"), "{err}");
+        assert!(err.contains("unknown field `ingest.tls.ca`"), "{err}");
+
+        let err = Config::parse(
+            "bindings:\n  - { subject: 'riposte.in.*', format: generic }\ningest:\n  listen: 127.0.0.1:8443\n  max_body_bytes: 2000000\n",
+            Path::new("r.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("never accepts unauthenticated events"),
+            "{err}"
+        );
+        assert!(
+            err.contains("ingest.max_body_bytes (2000000) is over engine.max_payload_bytes"),
+            "{err}"
+        );
+        assert!(
+            err.contains("publishes falco payloads on `riposte.in.falco`, which `bindings` bind to `generic`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The engine service (`riposte run`): loads playbooks, reaches NATS (or starts the embedded
-//! server), sets up streams, buckets and the consumer, builds the connectors, and consumes
+//! server), sets up streams, buckets and the consumer, builds the connectors, serves the ingest
+//! gateway when the config asks for it (on the engine's own NATS connection), and consumes
 //! until shutdown.
 //!
 //! Owns start-up order and its refusals: an invalid playbook set, an unknown connector or an
@@ -20,6 +21,7 @@ use crate::bus::{self, BusError, Processor};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::embedded::{EmbeddedError, EmbeddedNats};
+use crate::ingest::{self, IngestError};
 use crate::matcher::Matcher;
 use crate::metrics::{self, Metrics};
 use crate::playbook::{load_dir, Catalog, Playbook, Problem};
@@ -46,6 +48,9 @@ pub enum EngineError {
     /// The embedded server could not start.
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    /// The ingest gateway could not start.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
     /// The metrics endpoint could not listen.
     #[error("cannot serve metrics on {addr}: {reason}")]
     Metrics {
@@ -138,6 +143,13 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Engin
     let playbooks =
         load_playbooks(&opts.playbooks, &config, &sandbox).map_err(EngineError::Playbooks)?;
     tracing::info!(count = playbooks.len(), dir = %opts.playbooks.display(), "playbooks loaded");
+    // The gateway's files are read before anything starts, so a bad one stops the start at once.
+    let gateway = match &config.ingest {
+        Some(i) if i.listen.is_some() => {
+            Some(ingest::Prepared::load(i, &config.engine, clock.clone())?)
+        }
+        _ => None,
+    };
     let mut embedded = None;
     let url = match opts.nats_url.or_else(|| config.nats.url.clone()) {
         Some(url) => url,
@@ -152,7 +164,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Engin
             url
         }
     };
-    let result = serve(config, url, playbooks, sandbox, clock, shutdown).await;
+    let result = serve(config, url, playbooks, gateway, sandbox, clock, shutdown).await;
     if let Some(server) = embedded {
         server.stop().await;
     }
@@ -163,6 +175,7 @@ async fn serve(
     config: Config,
     url: String,
     playbooks: Vec<Playbook>,
+    gateway: Option<ingest::Prepared>,
     sandbox: Sandbox,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
@@ -195,6 +208,20 @@ async fn serve(
             reason: e.to_string(),
         })?;
     tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+    let gateway = match (gateway, config.ingest.as_ref().and_then(|i| i.listen)) {
+        (Some(prepared), Some(listen)) => Some(
+            prepared
+                .serve(
+                    listen,
+                    client.clone(),
+                    metrics.clone(),
+                    clock.clone(),
+                    shutdown.clone(),
+                )
+                .await?,
+        ),
+        _ => None,
+    };
     let runner = Runner::new(
         sandbox,
         connectors,
@@ -231,6 +258,11 @@ async fn serve(
     shutdown.cancel();
     if let Err(e) = reverting.await {
         tracing::warn!(error = %e, "revert scheduler ended abnormally");
+    }
+    if let Some(g) = gateway {
+        if let Err(e) = g.task.await {
+            tracing::warn!(error = %e, "ingest gateway ended abnormally");
+        }
     }
     consumed?;
     if let Err(e) = client.flush().await {

@@ -17,6 +17,7 @@
 //! - [`revert`]: undos of reversible steps, on schedule (`revert_after`) or on request.
 //! - [`audit`]: audit records, how they are stored and read back.
 //! - [`bus`]: streams, the shared consumer, dead letters, the life of one message.
+//! - [`ingest`]: the authenticated HTTP gateway that turns webhooks into bus messages.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`embedded`]: the nats-server `riposte run` starts when given no URL.
 //! - [`engine`]: start-up of `riposte run`.
@@ -35,6 +36,7 @@ pub mod embedded;
 pub mod engine;
 pub mod event;
 pub mod formats;
+pub mod ingest;
 pub mod matcher;
 pub mod metrics;
 pub mod playbook;

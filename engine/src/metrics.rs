@@ -48,6 +48,14 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Processing failures that left a message for redelivery (NATS, KV or audit trouble).
     pub redeliveries: Counter,
+    /// Ingest gateway requests, by format and HTTP status code.
+    pub ingest_requests: Family<Labels, Counter>,
+    /// Ingest gateway requests refused for want of valid credentials, by reason.
+    pub ingest_auth_failures: Family<Labels, Counter>,
+    /// Ingest gateway payloads refused by their format's normalizer, by format and reason.
+    pub ingest_invalid_payloads: Family<Labels, Counter>,
+    /// Time the ingest gateway takes to answer a request, seconds.
+    pub ingest_latency: Histogram,
     ready: AtomicBool,
     run_counters: Vec<(&'static str, Counter)>,
     step_counters: Vec<(&'static str, Counter)>,
@@ -74,6 +82,10 @@ impl Metrics {
         let run_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
         let in_flight = Gauge::default();
         let redeliveries = Counter::default();
+        let ingest_requests = Family::<Labels, Counter>::default();
+        let ingest_auth_failures = Family::<Labels, Counter>::default();
+        let ingest_invalid_payloads = Family::<Labels, Counter>::default();
+        let ingest_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
         registry.register(
             "events_received",
             "Payloads received, by format",
@@ -121,6 +133,26 @@ impl Metrics {
             "Messages left for redelivery after a NATS, KV or audit failure",
             redeliveries.clone(),
         );
+        registry.register(
+            "ingest_requests",
+            "Ingest gateway requests, by format and status code",
+            ingest_requests.clone(),
+        );
+        registry.register(
+            "ingest_auth_failures",
+            "Ingest gateway requests without valid credentials, by reason",
+            ingest_auth_failures.clone(),
+        );
+        registry.register(
+            "ingest_invalid_payloads",
+            "Ingest gateway payloads refused by their normalizer, by format and reason",
+            ingest_invalid_payloads.clone(),
+        );
+        registry.register(
+            "ingest_request_duration_seconds",
+            "Time the ingest gateway takes to answer a request",
+            ingest_latency.clone(),
+        );
         let premade = |family: &Family<Labels, Counter>, names: &[&'static str]| {
             names
                 .iter()
@@ -149,6 +181,10 @@ impl Metrics {
             run_latency,
             in_flight,
             redeliveries,
+            ingest_requests,
+            ingest_auth_failures,
+            ingest_invalid_payloads,
+            ingest_latency,
             ready: AtomicBool::new(false),
         }
     }

@@ -9,9 +9,11 @@
 //! it reports figures and asserts nothing.
 //!
 //! `riposte bench containment` ([`containment`]) measures the time from an alert to a real
-//! container being paused or quarantined.
+//! container being paused or quarantined; `riposte bench ingest` ([`ingest`]) the ingest
+//! gateway's throughput and latency against a plain JetStream publish loop.
 
 pub mod containment;
+pub mod ingest;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -63,6 +65,9 @@ pub enum Other {
     /// Time from an alert on NATS to its container being paused or quarantined by the real
     /// Docker daemon, one at a time and all at once.
     Containment(containment::ContainmentArgs),
+    /// Throughput and p99 latency of the ingest gateway (1 KB Falco alerts, N keep-alive HTTP
+    /// clients), against a JetStream publish loop with the same concurrency.
+    Ingest(ingest::IngestArgs),
 }
 
 /// The value at fraction `p` of sorted samples (NaN when there are none).
@@ -134,8 +139,10 @@ async fn publish_all(js: &jetstream::Context, bodies: Vec<(String, Vec<u8>)>) ->
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(a: BenchArgs) -> Result<i32> {
-    if let Some(Other::Containment(c)) = a.other {
-        return containment::run(c).await;
+    match a.other {
+        Some(Other::Containment(c)) => return containment::run(c).await,
+        Some(Other::Ingest(i)) => return ingest::run(i).await,
+        None => {}
     }
     if a.playbooks == 0 || a.events == 0 {
         bail!("--playbooks and --events must be at least 1");
