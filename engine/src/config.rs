@@ -81,6 +81,9 @@ pub struct Config {
     /// `riposte run` when it has `listen`, or alone by `riposte ingest`.
     #[serde(default)]
     pub ingest: Option<IngestConfig>,
+    /// How notifications are grouped into pages and their updates.
+    #[serde(default)]
+    pub notifications: NotificationsConfig,
 }
 
 /// How to reach NATS.
@@ -392,6 +395,55 @@ fn n_kv() -> String {
     "riposte".to_owned()
 }
 
+/// Noise control: notifications that take the enriched notice (the paging and chat
+/// connectors) are grouped, Alertmanager-style.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// What makes two notifications one page: `playbook`, `workload` (a pod without its
+    /// ReplicaSet and pod suffixes, else the container, image or host), `severity`, `source`,
+    /// `title`, `namespace`, `labels.<key>`. The action is always part of it. Empty: every
+    /// notification is sent at once by its run.
+    #[serde(default = "default_group_by")]
+    pub group_by: Vec<String>,
+    /// Wait after a group's first event before its first notice (a burst makes one page).
+    #[serde(default = "default_group_wait")]
+    pub group_wait: HumanDuration,
+    /// Least time between two notices (updates) of a group.
+    #[serde(default = "default_group_interval")]
+    pub group_interval: HumanDuration,
+    /// How long a group stays open after its last notice; a later event opens a new page.
+    #[serde(default = "default_repeat_interval")]
+    pub repeat_interval: HumanDuration,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            group_by: default_group_by(),
+            group_wait: default_group_wait(),
+            group_interval: default_group_interval(),
+            repeat_interval: default_repeat_interval(),
+        }
+    }
+}
+
+fn default_group_by() -> Vec<String> {
+    vec!["playbook".to_owned(), "workload".to_owned()]
+}
+
+fn default_group_wait() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+
+fn default_group_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+
+fn default_repeat_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(4 * 3600))
+}
+
 /// Metrics and health endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -583,6 +635,22 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
+        for part in &self.notifications.group_by {
+            let known = [
+                "playbook",
+                "workload",
+                "severity",
+                "source",
+                "title",
+                "namespace",
+            ];
+            if !known.contains(&part.as_str()) && !part.starts_with("labels.") {
+                problems.push(format!(
+                    "notifications.group_by: unknown `{part}` (known: {}, labels.<key>)",
+                    known.join(", ")
+                ));
+            }
+        }
         for b in &self.bindings {
             if let Err(e) = check_subject_pattern(&b.subject) {
                 problems.push(format!("bindings: {e}"));

@@ -21,6 +21,7 @@ use crate::bus::{self, BusError, Processor};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::embedded::{EmbeddedError, EmbeddedNats};
+use crate::grouping::{Flusher, GroupSettings, Groups};
 use crate::ingest::{self, IngestError};
 use crate::matcher::Matcher;
 use crate::metrics::{self, Metrics};
@@ -234,6 +235,34 @@ async fn serve(
         js: Box::new(js.clone()),
         subject: config.engine.names.audit_subject.clone(),
     };
+    let n = &config.notifications;
+    let mut flushing = None;
+    let runner = if n.group_by.is_empty() {
+        runner
+    } else {
+        let groups = Groups::open(
+            &js,
+            &config.engine.names.kv_prefix,
+            GroupSettings {
+                by: n.group_by.clone(),
+                wait: n.group_wait.get(),
+                interval: n.group_interval.get(),
+                repeat: n.repeat_interval.get(),
+            },
+        )
+        .await?;
+        let flusher = Flusher {
+            groups: groups.clone(),
+            connectors: runner.connectors(),
+            audit: audit.clone(),
+            replica: replica.clone(),
+            clock: clock.clone(),
+            timeout: config.engine.step_timeout.get(),
+            every: Duration::from_millis(500),
+        };
+        flushing = Some(tokio::spawn(flusher.run(shutdown.clone())));
+        runner.with_grouping(groups)
+    };
     let scheduler = Scheduler {
         reverts,
         connectors: runner.connectors(),
@@ -258,6 +287,11 @@ async fn serve(
     shutdown.cancel();
     if let Err(e) = reverting.await {
         tracing::warn!(error = %e, "revert scheduler ended abnormally");
+    }
+    if let Some(task) = flushing {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "notification flusher ended abnormally");
+        }
     }
     if let Some(g) = gateway {
         if let Err(e) = g.task.await {

@@ -15,6 +15,7 @@
 //! - [`runner`]: one run: dedup, limits, vars, steps with guards, retries and timeouts, notify.
 //! - [`state`]: dedup windows and limit counters in JetStream KV.
 //! - [`revert`]: undos of reversible steps, on schedule (`revert_after`) or on request.
+//! - [`grouping`]: notifications grouped into one page and its updates (noise control).
 //! - [`audit`]: audit records, how they are stored and read back.
 //! - [`bus`]: streams, the shared consumer, dead letters, the life of one message.
 //! - [`ingest`]: the authenticated HTTP gateway that turns webhooks into bus messages.
@@ -36,6 +37,7 @@ pub mod embedded;
 pub mod engine;
 pub mod event;
 pub mod formats;
+pub mod grouping;
 pub mod ingest;
 pub mod matcher;
 pub mod metrics;
