@@ -73,6 +73,19 @@ pub struct ActionSpec {
     pub message_param: Option<&'static str>,
 }
 
+impl ActionSpec {
+    /// Whether the action takes the enriched notice: its message parameter takes any value
+    /// (the paging, chat, mail and webhook connectors). Such notifications are grouped and
+    /// retried by default.
+    pub fn takes_notice(&self) -> bool {
+        self.message_param.is_some_and(|m| {
+            self.params
+                .iter()
+                .any(|p| p.name == m && p.ty == ParamType::Any)
+        })
+    }
+}
+
 /// Finds an action by name.
 pub fn find_action<'a>(actions: &'a [ActionSpec], name: &str) -> Option<&'a ActionSpec> {
     actions.iter().find(|a| a.name == name)

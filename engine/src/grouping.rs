@@ -190,6 +190,9 @@ pub struct Group {
     /// Who is sending it, until when.
     #[serde(default)]
     pub lease: Option<(String, DateTime<Utc>)>,
+    /// Transient failures of the notice being sent, in a row.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 fn at(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -223,6 +226,7 @@ impl Group {
             event_id: String::new(),
             resolve: false,
             lease: None,
+            failures: 0,
         }
     }
 
@@ -299,6 +303,20 @@ pub struct Groups {
 
 /// How many times a compare-and-set is tried.
 const TRIES: u32 = 64;
+/// How many transient failures in a row a group's notice survives (a doubling delay from 2s,
+/// at most 5 minutes, between them) before it is given up and audited as failed.
+const SEND_TRIES: u32 = 8;
+
+/// How a send went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Delivered.
+    Ok,
+    /// Failed; trying again may help.
+    Transient,
+    /// Failed for good.
+    Failed,
+}
 
 fn err(what: &str, e: impl std::fmt::Display) -> StateError {
     StateError(format!("groups: {what}: {e}"))
@@ -463,9 +481,21 @@ impl Flusher {
                 continue;
             };
             if g.pending > 0 {
-                self.send(&g, &g.action, g.notice_args_for(&self.connectors), "notice")
-                    .await?;
-                sent += 1;
+                let args = g.notice_args_for(&self.connectors);
+                let last_try = g.failures + 1 >= SEND_TRIES;
+                match self.send(&g, &g.action, args, "notice", last_try).await? {
+                    Sent::Transient if !last_try => {
+                        g.failures += 1;
+                        let wait = Duration::from_secs(2u64.saturating_pow(g.failures).min(300));
+                        g.next = at(now, wait);
+                        g.lease = None;
+                        let _ = self.groups.replace(&g, rev).await?;
+                        continue;
+                    }
+                    Sent::Ok => sent += 1,
+                    Sent::Transient | Sent::Failed => {}
+                }
+                g.failures = 0;
                 g.sent += 1;
                 g.pending = 0;
                 g.last_sent = Some(now);
@@ -473,7 +503,7 @@ impl Flusher {
             if g.resolve {
                 if let Some(resolver) = resolving_action(&g.action) {
                     let args = g.resolve_args(&self.connectors, resolver);
-                    self.send(&g, resolver, args, "resolve").await?;
+                    self.send(&g, resolver, args, "resolve", true).await?;
                 }
                 let _ = self.groups.kv.purge(&g.key).await;
                 continue;
@@ -495,7 +525,8 @@ impl Flusher {
         action: &str,
         args: Option<Map<String, Value>>,
         what: &str,
-    ) -> Result<(), StateError> {
+        last_try: bool,
+    ) -> Result<Sent, StateError> {
         let started = std::time::Instant::now();
         let connector = self.connectors.get(&g.instance);
         let result = match (connector, args) {
@@ -524,7 +555,8 @@ impl Flusher {
         rec.step = Some(format!("group:{what}"));
         rec.action = Some(format!("{}.{action}", g.instance));
         rec.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-        match result {
+        rec.attempts = Some(g.failures + 1);
+        let sent = match result {
             Ok(out) => {
                 let mut o = out.output;
                 if let Some(m) = o.as_object_mut() {
@@ -534,18 +566,32 @@ impl Flusher {
                     );
                 }
                 rec.output = Some(o);
+                Sent::Ok
             }
             Err(e) => {
-                rec.outcome = "failed".to_owned();
+                let transient = e.is_retryable();
+                rec.outcome = if transient && !last_try {
+                    "retrying".to_owned()
+                } else {
+                    "failed".to_owned()
+                };
                 rec.reason = Some(e.to_string());
+                if transient {
+                    Sent::Transient
+                } else {
+                    Sent::Failed
+                }
             }
-        }
-        let mut batch = self.audit.batch(format!("gr:{}:{}:{what}", g.key, g.sent));
+        };
+        let mut batch = self
+            .audit
+            .batch(format!("gr:{}:{}:{what}:{}", g.key, g.sent, g.failures));
         batch.add(rec);
         batch
             .commit()
             .await
-            .map_err(|e| StateError(format!("audit: {e}")))
+            .map_err(|e| StateError(format!("audit: {e}")))?;
+        Ok(sent)
     }
 }
 

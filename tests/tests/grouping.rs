@@ -53,10 +53,11 @@ static ACTIONS: [ActionSpec; 2] = [
     },
 ];
 
-/// Records every call.
+/// Records every call; fails the first `busy` ones as a busy service would.
 #[derive(Debug, Default)]
 struct Pager {
     calls: Mutex<Vec<(String, Args)>>,
+    busy: Mutex<u32>,
 }
 
 #[async_trait]
@@ -74,6 +75,11 @@ impl Connector for Pager {
             .lock()
             .unwrap()
             .push((action.to_owned(), args.clone()));
+        let mut busy = self.busy.lock().unwrap();
+        if *busy > 0 {
+            *busy -= 1;
+            return Err(ConnectorError::Transient("answered 503".into()));
+        }
         Ok(Output {
             output: json!({ "status": "success" }),
             undo: None,
@@ -255,4 +261,54 @@ async fn a_burst_pages_once_updates_that_page_and_a_completed_remediation_resolv
     tick_until(&flusher, &pager, 5, Duration::from_secs(5)).await;
     let calls = pager.calls.lock().unwrap();
     assert_eq!(calls[4].1["notice"]["group"]["events"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notice_the_service_refuses_for_a_while_is_sent_again_and_every_try_is_audited() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let settings = GroupSettings {
+        by: vec!["playbook".into()],
+        wait: Duration::from_millis(100),
+        interval: Duration::from_secs(60),
+        repeat: Duration::from_secs(3600),
+    };
+    let groups = Groups::open(&js, "grouping-retry", settings).await.unwrap();
+    let pager = Arc::new(Pager::default());
+    *pager.busy.lock().unwrap() = 1;
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    connectors.insert("pd".into(), pager.clone());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let audit = AuditSink::memory();
+    let flusher = Flusher {
+        groups: groups.clone(),
+        connectors: Arc::new(connectors),
+        audit: audit.clone(),
+        replica: "test".into(),
+        clock: clock.clone(),
+        timeout: Duration::from_secs(5),
+        every: Duration::from_millis(50),
+    };
+    groups
+        .defer(
+            "g-busy",
+            "shell",
+            "pd",
+            "trigger",
+            notice(0),
+            "r-0",
+            "e",
+            false,
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    tick_until(&flusher, &pager, 2, Duration::from_secs(10)).await;
+    let records = audit.recorded();
+    let outcomes: Vec<(&str, Option<u32>)> = records
+        .iter()
+        .map(|r| (r.outcome.as_str(), r.attempts))
+        .collect();
+    assert_eq!(outcomes, vec![("retrying", Some(1)), ("ok", Some(2))]);
+    assert_eq!(records[0].reason.as_deref(), Some("answered 503"));
 }

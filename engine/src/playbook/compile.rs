@@ -309,6 +309,11 @@ impl Compiler<'_> {
             };
             if let Some(mut step) = self.step(&as_step, &path, n.with.is_none()) {
                 step.grouped = n.group.unwrap_or(true);
+                if n.retry.is_none() && step.action.spec.takes_notice() {
+                    // A page is worth a few tries: 3 attempts, 2s then 4s apart.
+                    step.attempts = 3;
+                    step.backoff = Duration::from_secs(2);
+                }
                 step.resolve_when = n.resolve_when.as_deref().and_then(|text| {
                     match self.sandbox.compile(text, Context::Run) {
                         Ok(ast) => Some(ast),

@@ -528,7 +528,7 @@ impl Runner {
             return Ok((r, None));
         }
         if let Some(groups) = self.grouping.as_ref().filter(|_| notify && step.grouped) {
-            if takes_notice(step.action.spec) {
+            if step.action.spec.takes_notice() {
                 return self.defer(groups, run, step, r, args).await;
             }
         }
@@ -780,16 +780,6 @@ impl Runner {
         }
         None
     }
-}
-
-/// Whether an action takes the enriched notice (its message parameter takes any value): the
-/// paging and chat connectors, whose notifications are grouped.
-fn takes_notice(spec: &riposte_connectors::ActionSpec) -> bool {
-    spec.message_param.is_some_and(|m| {
-        spec.params
-            .iter()
-            .any(|p| p.name == m && p.ty == riposte_connectors::ParamType::Any)
-    })
 }
 
 /// Fills the container's name and image from enrichment facts when the producer left them out.
