@@ -94,6 +94,14 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
+    /// Invalid arguments for `action`.
+    pub fn invalid(action: &str, reason: impl Into<String>) -> Self {
+        ConnectorError::InvalidArgs {
+            action: action.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
     /// Whether a retry can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ConnectorError::Transient(_))

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::http::{self, Secret, Settings};
 use crate::notice::{clip, Notice};
-use crate::spec::{find_action, str_arg, ActionSpec, ParamSpec, ParamType};
+use crate::spec::{check_len, find_action, given, ActionSpec, ParamSpec, ParamType};
 use crate::{Args, BuildError, Connector, ConnectorError, Deps, Output, Plan};
 
 /// Where the Alert API lives unless the `url` setting says otherwise (EU accounts:
@@ -200,14 +200,15 @@ impl OpsgenieConnector {
         if action == "create" {
             return create(args);
         }
-        let alias = given(args, "alias").ok_or_else(|| invalid(action, "`alias` is required"))?;
+        let alias = given(args, "alias")
+            .ok_or_else(|| ConnectorError::invalid(action, "`alias` is required"))?;
         check_alias(action, alias)?;
         let mut body = Map::new();
         body.insert("source".into(), "riposte".into());
         body.insert("user".into(), "riposte".into());
         let note = given(args, "note").map(|n| clip(n, NOTE_MAX));
         if action == "note" && note.is_none() {
-            return Err(invalid(action, "`note` is required"));
+            return Err(ConnectorError::invalid(action, "`note` is required"));
         }
         if let Some(n) = note {
             body.insert("note".into(), n.into());
@@ -235,26 +236,8 @@ impl OpsgenieConnector {
 }
 
 /// A non-empty string argument.
-fn given<'a>(args: &'a Args, name: &str) -> Option<&'a str> {
-    str_arg(args, name).filter(|s| !s.trim().is_empty())
-}
-
-fn invalid(action: &str, reason: impl Into<String>) -> ConnectorError {
-    ConnectorError::InvalidArgs {
-        action: action.to_owned(),
-        reason: reason.into(),
-    }
-}
-
 fn check_alias(action: &str, alias: &str) -> Result<(), ConnectorError> {
-    let n = alias.chars().count();
-    if n > ALIAS_MAX {
-        return Err(invalid(
-            action,
-            format!("`alias` is {n} characters, Opsgenie takes at most {ALIAS_MAX}"),
-        ));
-    }
-    Ok(())
+    check_len(action, "alias", alias, ALIAS_MAX, "Opsgenie")
 }
 
 /// Opsgenie's priority for a riposte severity.
@@ -274,7 +257,7 @@ fn create(args: &Args) -> Result<Request, ConnectorError> {
     let priority = match given(args, "priority") {
         Some(p) if matches!(p, "P1" | "P2" | "P3" | "P4" | "P5") => p.to_owned(),
         Some(p) => {
-            return Err(invalid(
+            return Err(ConnectorError::invalid(
                 "create",
                 format!("`priority` must be P1, P2, P3, P4 or P5, got `{p}`"),
             ))
@@ -346,9 +329,9 @@ fn tags(v: &Value) -> Result<Vec<String>, ConnectorError> {
         .into_iter()
         .take(TAGS_MAX)
         .map(|t| {
-            t.as_str()
-                .map(|t| clip(t, TAG_MAX))
-                .ok_or_else(|| invalid("create", "`tags` must be a list of strings"))
+            t.as_str().map(|t| clip(t, TAG_MAX)).ok_or_else(|| {
+                ConnectorError::invalid("create", "`tags` must be a list of strings")
+            })
         })
         .collect()
 }
@@ -361,7 +344,7 @@ fn responders(v: &Value) -> Result<Vec<Value>, ConnectorError> {
         one => vec![one],
     };
     if items.len() > RESPONDERS_MAX {
-        return Err(invalid(
+        return Err(ConnectorError::invalid(
             "create",
             format!("at most {RESPONDERS_MAX} `responders`, got {}", items.len()),
         ));
@@ -371,13 +354,13 @@ fn responders(v: &Value) -> Result<Vec<Value>, ConnectorError> {
         .map(|r| match r {
             Value::String(s) => {
                 let (kind, who) = s.split_once(':').ok_or_else(|| {
-                    invalid(
+                    ConnectorError::invalid(
                         "create",
                         format!("responder `{s}` must be `team:<name>`, `user:<username>`, `escalation:<name>` or `schedule:<name>`"),
                     )
                 })?;
                 if !RESPONDER_TYPES.contains(&kind) || who.is_empty() {
-                    return Err(invalid(
+                    return Err(ConnectorError::invalid(
                         "create",
                         format!("responder `{s}`: the type must be one of {}", RESPONDER_TYPES.join(", ")),
                     ));
@@ -389,7 +372,7 @@ fn responders(v: &Value) -> Result<Vec<Value>, ConnectorError> {
                 let kind = m.get("type").and_then(Value::as_str).unwrap_or_default();
                 let named = ["id", "name", "username"].iter().any(|k| m.contains_key(*k));
                 if !RESPONDER_TYPES.contains(&kind) || !named {
-                    return Err(invalid(
+                    return Err(ConnectorError::invalid(
                         "create",
                         format!(
                             "a responder map needs `type` ({}) and `id`, `name` or `username`",
@@ -399,7 +382,7 @@ fn responders(v: &Value) -> Result<Vec<Value>, ConnectorError> {
                 }
                 Ok(r.clone())
             }
-            _ => Err(invalid("create", "`responders` must be a list of strings or maps")),
+            _ => Err(ConnectorError::invalid("create", "`responders` must be a list of strings or maps")),
         })
         .collect()
 }

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::http::{self, Secret, Settings};
 use crate::notice::{clip, Notice};
-use crate::spec::{find_action, str_arg, ActionSpec, ParamSpec, ParamType};
+use crate::spec::{check_len, find_action, given, ActionSpec, ParamSpec, ParamType};
 use crate::{Args, BuildError, Connector, ConnectorError, Deps, Output, Plan};
 
 /// Where the Events API lives unless the `url` setting says otherwise.
@@ -163,7 +163,7 @@ impl PagerDutyConnector {
         }
         if action != "trigger" {
             let key = given(args, "dedup_key")
-                .ok_or_else(|| invalid(action, "`dedup_key` is required"))?;
+                .ok_or_else(|| ConnectorError::invalid(action, "`dedup_key` is required"))?;
             check_dedup_key(action, key)?;
             return Ok(Enqueue {
                 body: json!({ "event_action": action, "dedup_key": key }),
@@ -185,26 +185,8 @@ struct Enqueue {
 }
 
 /// A non-empty string argument.
-fn given<'a>(args: &'a Args, name: &str) -> Option<&'a str> {
-    str_arg(args, name).filter(|s| !s.trim().is_empty())
-}
-
-fn invalid(action: &str, reason: impl Into<String>) -> ConnectorError {
-    ConnectorError::InvalidArgs {
-        action: action.to_owned(),
-        reason: reason.into(),
-    }
-}
-
 fn check_dedup_key(action: &str, key: &str) -> Result<(), ConnectorError> {
-    let n = key.chars().count();
-    if n > DEDUP_KEY_MAX {
-        return Err(invalid(
-            action,
-            format!("`dedup_key` is {n} characters, PagerDuty takes at most {DEDUP_KEY_MAX}"),
-        ));
-    }
-    Ok(())
+    check_len(action, "dedup_key", key, DEDUP_KEY_MAX, "PagerDuty")
 }
 
 /// PagerDuty's severity for a riposte severity.
@@ -224,7 +206,7 @@ fn trigger(args: &Args) -> Result<Enqueue, ConnectorError> {
     let severity = match given(args, "severity") {
         Some(s) if SEVERITIES.contains(&s) => s.to_owned(),
         Some(s) => {
-            return Err(invalid(
+            return Err(ConnectorError::invalid(
                 "trigger",
                 format!(
                     "`severity` must be one of {}, got `{s}`",

@@ -146,6 +146,30 @@ pub fn str_arg<'a>(args: &'a Args, name: &str) -> Option<&'a str> {
     args.get(name).and_then(Value::as_str)
 }
 
+/// A string argument that is given and not blank.
+pub fn given<'a>(args: &'a Args, name: &str) -> Option<&'a str> {
+    str_arg(args, name).filter(|s| !s.trim().is_empty())
+}
+
+/// Refuses a value longer than a service takes, where cutting it would change its meaning
+/// (an identity such as a dedup key or an alias).
+pub fn check_len(
+    action: &str,
+    param: &str,
+    value: &str,
+    max: usize,
+    service: &str,
+) -> Result<(), ConnectorError> {
+    let n = value.chars().count();
+    if n > max {
+        return Err(ConnectorError::invalid(
+            action,
+            format!("`{param}` is {n} characters, {service} takes at most {max}"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use riposte_connectors::spec::find_action;
 use riposte_connectors::{check_args, Connector, ConnectorError};
 use serde::{Deserialize, Serialize};
@@ -34,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditRecord, AuditSink, RecordKind};
 use crate::clock::Clock;
 use crate::event::Event;
-use crate::state::StateError;
+use crate::state::{every, json_entries, open_bucket, StateError};
 
 /// How notices are grouped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,35 +328,13 @@ impl Groups {
         prefix: &str,
         settings: GroupSettings,
     ) -> Result<Groups, StateError> {
-        let name = format!("{prefix}-groups");
-        let kv = match js.get_key_value(&name).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: name.clone(),
-                    history: 1,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| err(&format!("cannot create bucket `{name}`"), e))?,
-        };
+        let kv = open_bucket(js, &format!("{prefix}-groups"), Duration::ZERO).await?;
         Ok(Groups { kv, settings })
     }
 
     /// The settings.
     pub fn settings(&self) -> &GroupSettings {
         &self.settings
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<(Group, u64)>, StateError> {
-        let entry = self.kv.entry(key).await.map_err(|e| err("read", e))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| {
-                serde_json::from_slice::<Group>(&e.value)
-                    .ok()
-                    .map(|g| (g, e.revision))
-            }))
     }
 
     /// Adds a run's notice to its group (opening one when there is none or it is over).
@@ -406,17 +383,7 @@ impl Groups {
     }
 
     async fn list(&self) -> Result<Vec<(Group, u64)>, StateError> {
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(stream) => stream.filter_map(|k| async move { k.ok() }).collect().await,
-            Err(e) => return Err(err("list", e)),
-        };
-        let mut out = Vec::new();
-        for k in keys {
-            if let Some(g) = self.get(&k).await? {
-                out.push(g);
-            }
-        }
-        Ok(out)
+        json_entries(&self.kv).await
     }
 
     async fn replace(&self, g: &Group, revision: u64) -> Result<Option<u64>, StateError> {
@@ -447,15 +414,7 @@ pub struct Flusher {
 impl Flusher {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            if let Err(e) = self.tick().await {
-                tracing::warn!(error = %e, "notification groups");
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.every) => {}
-            }
-        }
+        every(self.every, shutdown, "notification groups", || self.tick()).await;
     }
 
     /// Sends what is due now; closes groups that are over. Returns the notices sent.

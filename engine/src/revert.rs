@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use riposte_connectors::{Connector, ConnectorError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditRecord, AuditSink, RecordKind};
 use crate::clock::Clock;
-use crate::state::StateError;
+use crate::state::{every, json_entries, json_entry, open_bucket, StateError};
 
 /// An undo waiting to be carried out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,18 +106,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> StateError {
 impl Reverts {
     /// Opens (creating when missing) the bucket `<prefix>-reverts`.
     pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<Reverts, StateError> {
-        let name = format!("{prefix}-reverts");
-        let kv = match js.get_key_value(&name).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: name.clone(),
-                    history: 1,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| err(&format!("cannot create bucket `{name}`"), e))?,
-        };
+        let kv = open_bucket(js, &format!("{prefix}-reverts"), Duration::ZERO).await?;
         Ok(Reverts { kv })
     }
 
@@ -134,29 +122,11 @@ impl Reverts {
 
     /// Every pending undo with its revision, oldest key first.
     pub async fn list(&self) -> Result<Vec<(Pending, u64)>, StateError> {
-        let mut keys: Vec<String> = match self.kv.keys().await {
-            Ok(stream) => stream.filter_map(|k| async move { k.ok() }).collect().await,
-            Err(e) => return Err(err("list", e)),
-        };
-        keys.sort();
-        let mut out = Vec::new();
-        for k in keys {
-            if let Some((p, rev)) = self.get(&k).await? {
-                out.push((p, rev));
-            }
-        }
-        Ok(out)
+        json_entries(&self.kv).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<(Pending, u64)>, StateError> {
-        let entry = self.kv.entry(key).await.map_err(|e| err("read", e))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| {
-                serde_json::from_slice::<Pending>(&e.value)
-                    .ok()
-                    .map(|p| (p, e.revision))
-            }))
+        json_entry(&self.kv, key).await
     }
 
     async fn replace(&self, p: &Pending, revision: u64) -> Result<Option<u64>, StateError> {
@@ -224,15 +194,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            if let Err(e) = self.tick().await {
-                tracing::warn!(error = %e, "revert scheduler");
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.every) => {}
-            }
-        }
+        every(self.every, shutdown, "revert scheduler", || self.tick()).await;
     }
 
     /// Carries out what is due now. Returns how many undos were attempted.

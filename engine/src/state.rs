@@ -61,6 +61,83 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn record_revert(&self, pending: &Pending) -> Result<(), StateError>;
 }
 
+/// Opens a KV bucket, creating it (one value per key, entries kept `max_age`, zero: forever)
+/// when it does not exist.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, StateError> {
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: name.to_owned(),
+                history: 1,
+                max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StateError(format!("cannot create bucket `{name}`: {e}"))),
+    }
+}
+
+/// One live entry of a bucket, decoded, with its revision.
+pub async fn json_entry<T: serde::de::DeserializeOwned>(
+    kv: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, StateError> {
+    let entry = kv.entry(key).await.map_err(|e| kv_err("read", e))?;
+    Ok(entry
+        .filter(|e| e.operation == kv::Operation::Put)
+        .and_then(|e| {
+            serde_json::from_slice::<T>(&e.value)
+                .ok()
+                .map(|v| (v, e.revision))
+        }))
+}
+
+/// Every live entry of a bucket, decoded, with its revision, in key order.
+pub async fn json_entries<T: serde::de::DeserializeOwned>(
+    kv: &kv::Store,
+) -> Result<Vec<(T, u64)>, StateError> {
+    use futures::StreamExt;
+    let mut keys: Vec<String> = match kv.keys().await {
+        Ok(stream) => stream.filter_map(|k| async move { k.ok() }).collect().await,
+        Err(e) => return Err(kv_err("list", e)),
+    };
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        if let Some(entry) = json_entry(kv, &k).await? {
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
+/// Calls `tick` every `period` until `shutdown`, logging its failures as `what`: the loop of
+/// the background workers every replica runs (reverts, notification groups).
+pub async fn every<F, Fut>(
+    period: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    what: &str,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, StateError>>,
+{
+    loop {
+        if let Err(e) = tick().await {
+            tracing::warn!(error = %e, "{what}");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
 /// A KV-safe key: readable prefix plus a hash of the free-form part.
 pub fn kv_key(prefix: &str, free: &str) -> String {
     let digest = Sha256::digest(free.as_bytes());
@@ -201,23 +278,9 @@ impl KvState {
     /// Opens (creating when missing) the buckets `<prefix>-dedup`, `<prefix>-limits` and
     /// `<prefix>-reverts`.
     pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<KvState, StateError> {
-        let open = |name: String| async move {
-            match js.get_key_value(&name).await {
-                Ok(store) => Ok(store),
-                Err(_) => js
-                    .create_key_value(kv::Config {
-                        bucket: name.clone(),
-                        history: 1,
-                        max_age: KEEP,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| StateError(format!("cannot create bucket `{name}`: {e}"))),
-            }
-        };
         Ok(KvState {
-            dedup: open(format!("{prefix}-dedup")).await?,
-            limits: open(format!("{prefix}-limits")).await?,
+            dedup: open_bucket(js, &format!("{prefix}-dedup"), KEEP).await?,
+            limits: open_bucket(js, &format!("{prefix}-limits"), KEEP).await?,
             reverts: Reverts::open(js, prefix).await?,
         })
     }
