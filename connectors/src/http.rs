@@ -213,6 +213,47 @@ pub fn origin(url: &reqwest::Url) -> String {
     }
 }
 
+/// An incoming webhook whose URL is its secret: read from a file, and only its origin ever
+/// printed (its `Debug` shows `https://hooks.example/***`).
+pub struct SecretHook {
+    /// The URL.
+    pub url: reqwest::Url,
+    /// The instance's client.
+    pub client: reqwest::Client,
+}
+
+impl fmt::Debug for SecretHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/***", origin(&self.url))
+    }
+}
+
+impl SecretHook {
+    /// The hook whose URL is in the file named by setting `key` (required), with the
+    /// instance's HTTP client.
+    pub fn from_settings(s: &Settings<'_>, key: &str) -> Result<SecretHook, BuildError> {
+        let (url, _) = s.url_file(key)?.ok_or_else(|| {
+            s.error(format!(
+                "`{key}` is required (a file holding the incoming webhook's URL)"
+            ))
+        })?;
+        Ok(SecretHook {
+            url,
+            client: s.http_client()?,
+        })
+    }
+
+    /// What may be said about where it posts.
+    pub fn origin(&self) -> String {
+        origin(&self.url)
+    }
+
+    /// POSTs `body` as JSON (see [`post_json`]).
+    pub async fn post(&self, body: &Value) -> Result<Answer, ConnectorError> {
+        post_json(&self.client, &self.url, &[], body).await
+    }
+}
+
 /// What an endpoint answered to a successful request.
 #[derive(Debug, Clone)]
 pub struct Answer {

@@ -10,12 +10,10 @@
 //! printed. The classic connector answers 200 with `1`, or 200 with an error text (a throttled
 //! request says `HTTP error 429`): such an answer is a failure, transient when throttled.
 
-use std::fmt;
-
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use crate::http::{self, Settings};
+use crate::http::{SecretHook, Settings};
 use crate::notice::{clip, Notice};
 use crate::spec::{find_action, str_arg, ActionSpec, ParamSpec, ParamType};
 use crate::{Args, BuildError, Connector, ConnectorError, Deps, Output, Plan};
@@ -56,18 +54,9 @@ pub const ACTIONS: &[ActionSpec] = &[ActionSpec {
 }];
 
 /// An `msteams` instance.
+#[derive(Debug)]
 pub struct TeamsConnector {
-    /// The webhook URL, a secret: only its origin is ever printed.
-    url: reqwest::Url,
-    client: reqwest::Client,
-}
-
-impl fmt::Debug for TeamsConnector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TeamsConnector")
-            .field("url", &format_args!("{}/***", http::origin(&self.url)))
-            .finish_non_exhaustive()
-    }
+    hook: SecretHook,
 }
 
 impl TeamsConnector {
@@ -80,12 +69,8 @@ impl TeamsConnector {
     ) -> Result<Self, BuildError> {
         let _ = deps;
         let s = Settings::new(instance, settings, SETTINGS)?;
-        let (url, _) = s.url_file("url_file")?.ok_or_else(|| {
-            s.error("`url_file` is required (a file holding the incoming webhook's URL)")
-        })?;
         Ok(TeamsConnector {
-            url,
-            client: s.http_client()?,
+            hook: SecretHook::from_settings(&s, "url_file")?,
         })
     }
 }
@@ -255,7 +240,7 @@ impl Connector for TeamsConnector {
         Ok(Plan {
             description: format!(
                 "post an Adaptive Card to Teams at {}: {}",
-                http::origin(&self.url),
+                self.hook.origin(),
                 clip(&title, 200)
             ),
         })
@@ -264,7 +249,7 @@ impl Connector for TeamsConnector {
     async fn run(&self, action: &str, args: &Args) -> Result<Output, ConnectorError> {
         let (notice, title) = args_of(action, args)?;
         let msg = message(&notice, &title);
-        let answer = http::post_json(&self.client, &self.url, &[], &msg).await?;
+        let answer = self.hook.post(&msg).await?;
         if let Some(e) = failure_in(&answer.body) {
             return Err(e);
         }
@@ -272,7 +257,7 @@ impl Connector for TeamsConnector {
             output: json!({
                 "status": answer.status,
                 "response": answer.body,
-                "to": http::origin(&self.url),
+                "to": self.hook.origin(),
             }),
             undo: None,
         })

@@ -13,12 +13,10 @@
 //! The webhook URL carries its secret in the path: it is read from `url_file`, and only its
 //! origin is ever printed.
 
-use std::fmt;
-
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use crate::http::{self, Settings};
+use crate::http::{SecretHook, Settings};
 use crate::notice::{clip, Notice};
 use crate::spec::{find_action, str_arg, ActionSpec, ParamSpec, ParamType};
 use crate::{Args, BuildError, Connector, ConnectorError, Deps, Output, Plan};
@@ -63,18 +61,9 @@ pub const ACTIONS: &[ActionSpec] = &[ActionSpec {
 }];
 
 /// A `slack` instance.
+#[derive(Debug)]
 pub struct SlackConnector {
-    /// The webhook URL, a secret: only its origin is ever printed.
-    url: reqwest::Url,
-    client: reqwest::Client,
-}
-
-impl fmt::Debug for SlackConnector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SlackConnector")
-            .field("url", &format_args!("{}/***", http::origin(&self.url)))
-            .finish_non_exhaustive()
-    }
+    hook: SecretHook,
 }
 
 impl SlackConnector {
@@ -87,12 +76,8 @@ impl SlackConnector {
     ) -> Result<Self, BuildError> {
         let _ = deps;
         let s = Settings::new(instance, settings, SETTINGS)?;
-        let (url, _) = s.url_file("url_file")?.ok_or_else(|| {
-            s.error("`url_file` is required (a file holding the incoming webhook's URL)")
-        })?;
         Ok(SlackConnector {
-            url,
-            client: s.http_client()?,
+            hook: SecretHook::from_settings(&s, "url_file")?,
         })
     }
 }
@@ -372,7 +357,7 @@ impl Connector for SlackConnector {
         Ok(Plan {
             description: format!(
                 "post to Slack at {} ({blocks} blocks): {}",
-                http::origin(&self.url),
+                self.hook.origin(),
                 clip(&what, 200)
             ),
         })
@@ -381,7 +366,7 @@ impl Connector for SlackConnector {
     async fn run(&self, action: &str, args: &Args) -> Result<Output, ConnectorError> {
         let (notice, text) = args_of(action, args)?;
         let msg = message(&notice, text);
-        let answer = http::post_json(&self.client, &self.url, &[], &msg).await?;
+        let answer = self.hook.post(&msg).await?;
         let blocks = msg
             .get("blocks")
             .and_then(Value::as_array)
@@ -391,7 +376,7 @@ impl Connector for SlackConnector {
                 "status": answer.status,
                 "response": answer.body,
                 "blocks": blocks,
-                "to": http::origin(&self.url),
+                "to": self.hook.origin(),
             }),
             undo: None,
         })
@@ -566,7 +551,7 @@ mod tests {
             SlackConnector::new("chat", settings.as_object().unwrap(), &Deps::default()).unwrap();
         assert_eq!(
             format!("{c:?}"),
-            "SlackConnector { url: http://127.0.0.1:1/***, .. }"
+            "SlackConnector { hook: http://127.0.0.1:1/*** }"
         );
         let a = json!({ "notice": serde_json::to_value(notice()).unwrap() });
         let plan = c
