@@ -8,6 +8,8 @@
 //! - [`audit_records`], [`wait_for`]: read the audit trail (through `riposte audit --json`) and
 //!   wait for a condition on it.
 //! - [`notify`]: a real Alertmanager and a real SMTP server for the notification connectors.
+//! - [`kube`]: a real kube-apiserver with etcd (built by `scripts/kube-apiserver`), with an
+//!   admin token and a `riposte` token that RBAC grants only what a test binds to it.
 
 #![allow(
     clippy::unwrap_used,
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use riposte::audit::AuditRecord;
 
 pub mod docker;
+pub mod kube;
 pub mod notify;
 pub mod receiver;
 
