@@ -80,7 +80,8 @@ pub enum Command {
     ///
     /// Every decision is one record: `event` (matched or no_match, with the playbooks that
     /// matched), `condition_error`, `dedup`, `limit`, `step_started` (before a destructive
-    /// action), `step`, `notify`, `run`, and `rejected` (a dead-lettered payload, with its
+    /// action), `attempt` (a failed attempt that is tried again), `step`, `notify` (also a
+    /// group's notice), `run`, `revert`, and `rejected` (a dead-lettered payload, with its
     /// reason). Text output shows time, record, outcome, run, playbook, step, action and reason;
     /// `--json` prints one record per line as described by schemas/audit.schema.json.
     #[command(
