@@ -89,8 +89,9 @@ pub struct AuditRecord {
     pub step: Option<String>,
     /// The action (`<connector>.<action>`).
     pub action: Option<String>,
-    /// The outcome: `matched`, `no_match`, `ok`, `failed`, `skipped`, `planned`, `started`,
-    /// `suppressed`, `limited`, `rejected`, `error`.
+    /// The outcome: `matched`, `no_match`, `ok`, `failed`, `skipped`, `planned`, `deferred`
+    /// (a notification that joined its group), `started`, `retrying`, `suppressed`, `limited`,
+    /// `rejected`, `error`.
     pub outcome: String,
     /// Why, for anything but plain success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
