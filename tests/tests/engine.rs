@@ -598,74 +598,13 @@ fn without_a_nats_url_run_starts_supervises_and_stops_its_own_server() {
     );
 }
 
-/// Makes a CA and a certificate for 127.0.0.1 with openssl; returns (ca.pem, server.pem, server.key).
-fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is needed for the TLS test: apt-get install openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=riposte-test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    let p = |f: &str| dir.join(f).display().to_string();
-    (p("ca.pem"), p("server.pem"), p("server.key"))
-}
-
 #[test]
 fn connects_over_tls_with_a_token_from_a_file_and_never_prints_the_token() {
     const TOKEN: &str = "s3cret-token-7f1c2d";
     let work = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = test_certificates(work.path());
+    certificates(work.path());
+    let p = |f: &str| work.path().join(f).display().to_string();
+    let (ca, cert, key) = (p("ca.pem"), p("server.pem"), p("server.key"));
     let nats = NatsServer::start_with(
         &[
             "--tls",
