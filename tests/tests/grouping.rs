@@ -107,6 +107,31 @@ async fn tick_until(f: &Flusher, pager: &Pager, calls: usize, within: Duration) 
     }
 }
 
+/// A groups bucket, a pager refusing its first `busy` calls, and a flusher sending to it.
+async fn scene(
+    js: &async_nats::jetstream::Context,
+    prefix: &str,
+    settings: GroupSettings,
+    busy: u32,
+) -> (Groups, Arc<Pager>, Flusher, AuditSink) {
+    let groups = Groups::open(js, prefix, settings).await.unwrap();
+    let pager = Arc::new(Pager::default());
+    *pager.busy.lock().unwrap() = busy;
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    connectors.insert("pd".into(), pager.clone());
+    let audit = AuditSink::memory();
+    let flusher = Flusher {
+        groups: groups.clone(),
+        connectors: Arc::new(connectors),
+        audit: audit.clone(),
+        replica: "test".into(),
+        clock: Arc::new(SystemClock) as Arc<dyn Clock>,
+        timeout: Duration::from_secs(5),
+        every: Duration::from_millis(50),
+    };
+    (groups, pager, flusher, audit)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_pages_once_updates_that_page_and_a_completed_remediation_resolves_it() {
     let nats = NatsServer::start();
@@ -117,21 +142,8 @@ async fn a_burst_pages_once_updates_that_page_and_a_completed_remediation_resolv
         interval: Duration::from_millis(1500),
         repeat: Duration::from_secs(3600),
     };
-    let groups = Groups::open(&js, "grouping-test", settings).await.unwrap();
-    let pager = Arc::new(Pager::default());
-    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
-    connectors.insert("pd".into(), pager.clone());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let audit = AuditSink::memory();
-    let flusher = Flusher {
-        groups: groups.clone(),
-        connectors: Arc::new(connectors),
-        audit: audit.clone(),
-        replica: "test".into(),
-        clock: clock.clone(),
-        timeout: Duration::from_secs(5),
-        every: Duration::from_millis(50),
-    };
+    let (groups, pager, flusher, audit) = scene(&js, "grouping-test", settings, 0).await;
+    let clock = flusher.clock.clone();
 
     // 50 runs at once, as 50 events about one workload would make.
     let mut tasks = Vec::new();
@@ -273,22 +285,8 @@ async fn a_notice_the_service_refuses_for_a_while_is_sent_again_and_every_try_is
         interval: Duration::from_secs(60),
         repeat: Duration::from_secs(3600),
     };
-    let groups = Groups::open(&js, "grouping-retry", settings).await.unwrap();
-    let pager = Arc::new(Pager::default());
-    *pager.busy.lock().unwrap() = 1;
-    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
-    connectors.insert("pd".into(), pager.clone());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let audit = AuditSink::memory();
-    let flusher = Flusher {
-        groups: groups.clone(),
-        connectors: Arc::new(connectors),
-        audit: audit.clone(),
-        replica: "test".into(),
-        clock: clock.clone(),
-        timeout: Duration::from_secs(5),
-        every: Duration::from_millis(50),
-    };
+    let (groups, pager, flusher, audit) = scene(&js, "grouping-retry", settings, 1).await;
+    let clock = flusher.clock.clone();
     groups
         .defer(
             "g-busy",
