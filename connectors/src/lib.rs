@@ -10,8 +10,8 @@
 //! - [`notice`]: the enriched notice notification connectors render natively.
 //! - [`http`]: settings with secrets from files, and the JSON POST notification connectors
 //!   share.
-//! - one module per connector, named after its type in `riposte.yaml`: [`docker`], [`log`],
-//!   [`nats`]; the notification connectors [`pagerduty`], [`opsgenie`], [`slack`], [`msteams`],
+//! - one module per connector, named after its type in `riposte.yaml`: [`docker`],
+//!   [`kubernetes`], [`log`], [`nats`]; the notification connectors [`pagerduty`], [`opsgenie`], [`slack`], [`msteams`],
 //!   [`webhook`], [`alertmanager`], [`email`].
 //!
 //! Connectors know nothing of playbooks, the bus or the audit trail: the engine hands them
@@ -22,8 +22,10 @@
 pub mod alertmanager;
 pub mod docker;
 pub mod email;
+mod evidence;
 pub mod guard;
 pub mod http;
+pub mod kubernetes;
 pub mod log;
 pub mod msteams;
 pub mod nats;
@@ -42,7 +44,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-pub use guard::Protection;
+pub use guard::{Protection, Selector};
 pub use spec::{check_args, ActionSpec, ParamSpec, ParamType};
 
 /// Checked arguments of one action: parameter name to value.
@@ -147,6 +149,12 @@ pub trait Connector: Send + Sync + fmt::Debug {
 pub struct Subject {
     /// A container id (full or the 12-character prefix runtime agents report).
     pub container_id: Option<String>,
+    /// A Kubernetes pod name, with [`Subject::namespace`].
+    pub pod: Option<String>,
+    /// The pod's namespace.
+    pub namespace: Option<String>,
+    /// A Kubernetes node name.
+    pub node: Option<String>,
 }
 
 /// Clients and handles connectors may need, injected by the engine.
@@ -184,6 +192,8 @@ pub enum ConnectorKind {
     Nats,
     /// Contains, stops and snapshots containers through the Docker Engine API.
     Docker,
+    /// Isolates, evicts and labels pods, cordons and drains nodes through the Kubernetes API.
+    Kubernetes,
     /// PagerDuty Events API v2.
     PagerDuty,
     /// Opsgenie Alerts API.
@@ -202,10 +212,11 @@ pub enum ConnectorKind {
 
 impl ConnectorKind {
     /// Every connector type.
-    pub const ALL: [ConnectorKind; 10] = [
+    pub const ALL: [ConnectorKind; 11] = [
         ConnectorKind::Log,
         ConnectorKind::Nats,
         ConnectorKind::Docker,
+        ConnectorKind::Kubernetes,
         ConnectorKind::PagerDuty,
         ConnectorKind::Opsgenie,
         ConnectorKind::Slack,
@@ -221,6 +232,7 @@ impl ConnectorKind {
             ConnectorKind::Log => "log",
             ConnectorKind::Nats => "nats",
             ConnectorKind::Docker => "docker",
+            ConnectorKind::Kubernetes => "kubernetes",
             ConnectorKind::PagerDuty => "pagerduty",
             ConnectorKind::Opsgenie => "opsgenie",
             ConnectorKind::Slack => "slack",
@@ -242,6 +254,7 @@ impl ConnectorKind {
             ConnectorKind::Log => log::ACTIONS,
             ConnectorKind::Nats => nats::ACTIONS,
             ConnectorKind::Docker => docker::ACTIONS,
+            ConnectorKind::Kubernetes => kubernetes::ACTIONS,
             ConnectorKind::PagerDuty => pagerduty::ACTIONS,
             ConnectorKind::Opsgenie => opsgenie::ACTIONS,
             ConnectorKind::Slack => slack::ACTIONS,
@@ -255,7 +268,10 @@ impl ConnectorKind {
     /// Whether an instance of this type exists without configuration, under the type's name.
     pub fn has_default_instance(self) -> bool {
         match self {
-            ConnectorKind::Log | ConnectorKind::Nats | ConnectorKind::Docker => true,
+            ConnectorKind::Log
+            | ConnectorKind::Nats
+            | ConnectorKind::Docker
+            | ConnectorKind::Kubernetes => true,
             ConnectorKind::PagerDuty
             | ConnectorKind::Opsgenie
             | ConnectorKind::Slack
@@ -280,6 +296,9 @@ impl ConnectorKind {
                 instance, settings, deps,
             )?)),
             ConnectorKind::Docker => Ok(Arc::new(docker::DockerConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Kubernetes => Ok(Arc::new(kubernetes::KubernetesConnector::new(
                 instance, settings, deps,
             )?)),
             ConnectorKind::PagerDuty => Ok(Arc::new(pagerduty::PagerDutyConnector::new(

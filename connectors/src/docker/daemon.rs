@@ -17,6 +17,7 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use serde_json::{json, Map, Value};
 
 use super::unchanged;
+use crate::guard::looks_secret;
 use crate::{ConnectorError, Output, Protection};
 
 /// Where the daemon listens.
@@ -591,24 +592,6 @@ pub(crate) fn summary(i: &ContainerInspectResponse) -> Value {
     })
 }
 
-fn looks_secret(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "api_key",
-        "apikey",
-        "private_key",
-        "credential",
-        "access_key",
-    ]
-    .iter()
-    .any(|w| n.contains(w))
-        && !n.ends_with("_file")
-}
-
 /// The id of the container this process runs in, read from `/proc/self` (cgroup v1 paths, or
 /// the container's own files in the mount table under cgroup v2). `None` outside a container.
 pub(crate) fn own_container_id() -> Option<String> {
@@ -654,14 +637,6 @@ mod tests {
             Some(id)
         );
         assert_eq!(find_container_id("0::/user.slice\n"), None);
-    }
-
-    #[test]
-    fn secret_looking_env_names_are_flagged_by_name_only() {
-        assert!(looks_secret("DB_PASSWORD"));
-        assert!(looks_secret("github_token"));
-        assert!(!looks_secret("DB_PASSWORD_FILE"));
-        assert!(!looks_secret("PATH"));
     }
 
     #[test]

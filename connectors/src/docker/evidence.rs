@@ -7,16 +7,16 @@
 //! `sha256sum -c` reads. The step output names the directory, the image and every file with its
 //! digest, so a notification can point at them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bollard::models::{ChangeType, ContainerConfig};
 use bollard::query_parameters::{CommitContainerOptions, LogsOptions};
 use futures::StreamExt;
-use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
+use serde_json::{json, Value};
 
 use super::daemon::{short, Daemon, Target};
+use crate::evidence::{name_safe, stamp, EvidenceDir};
 use crate::{Args, ConnectorError, Output};
 
 /// The most log lines a snapshot keeps.
@@ -50,66 +50,6 @@ impl Options {
     }
 }
 
-/// Docker tags allow `[A-Za-z0-9_.-]`, 128 characters.
-fn tag_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(80)
-        .collect()
-}
-
-fn io_err(what: &str, path: &Path, e: &std::io::Error) -> ConnectorError {
-    ConnectorError::Permanent(format!("{what} `{}`: {e}", path.display()))
-}
-
-async fn make_dir(path: &Path) -> Result<(), ConnectorError> {
-    let mut b = tokio::fs::DirBuilder::new();
-    b.recursive(true).mode(0o700);
-    b.create(path)
-        .await
-        .map_err(|e| io_err("cannot create the evidence directory", path, &e))
-}
-
-struct Writer {
-    dir: PathBuf,
-    files: Map<String, Value>,
-    manifest: String,
-}
-
-impl Writer {
-    async fn write(&mut self, key: &str, name: &str, bytes: &[u8]) -> Result<(), ConnectorError> {
-        let path = self.dir.join(name);
-        let mut opts = tokio::fs::OpenOptions::new();
-        opts.write(true).create_new(true).mode(0o600);
-        let mut f = opts
-            .open(&path)
-            .await
-            .map_err(|e| io_err("cannot create evidence file", &path, &e))?;
-        tokio::io::AsyncWriteExt::write_all(&mut f, bytes)
-            .await
-            .map_err(|e| io_err("cannot write evidence file", &path, &e))?;
-        tokio::io::AsyncWriteExt::flush(&mut f)
-            .await
-            .map_err(|e| io_err("cannot write evidence file", &path, &e))?;
-        f.sync_all()
-            .await
-            .map_err(|e| io_err("cannot sync evidence file", &path, &e))?;
-        let digest = hex::encode(Sha256::digest(bytes));
-        self.manifest.push_str(&format!("{digest}  {name}\n"));
-        self.files.insert(
-            key.to_owned(),
-            json!({ "path": path.display().to_string(), "sha256": digest, "bytes": bytes.len() }),
-        );
-        Ok(())
-    }
-}
-
 /// Takes the evidence of `t` into a new directory under `root`.
 pub(crate) async fn snapshot(
     daemon: &Daemon,
@@ -120,15 +60,9 @@ pub(crate) async fn snapshot(
 ) -> Result<Output, ConnectorError> {
     let docker = daemon.client().await?;
     let now = chrono::Utc::now();
-    let stamp = now.format("%Y%m%dT%H%M%S%.3fZ").to_string();
-    let label = format!("{}-{}-{stamp}", tag_safe(&t.name), short(&t.id));
-    let dir = root.join(&label);
-    make_dir(&dir).await?;
-    let mut w = Writer {
-        dir: dir.clone(),
-        files: Map::new(),
-        manifest: String::new(),
-    };
+    let stamp = stamp(now);
+    let label = format!("{}-{}-{stamp}", name_safe(&t.name), short(&t.id));
+    let mut w = EvidenceDir::create(root, &label).await?;
 
     let inspect = serde_json::to_vec_pretty(&*t.inspect).map_err(|e| {
         ConnectorError::Permanent(format!("cannot encode the inspect document: {e}"))
@@ -214,15 +148,12 @@ pub(crate) async fn snapshot(
         w.write("image", "image.json", &bytes).await?;
     }
 
-    let manifest_path = dir.join("manifest.sha256");
-    let manifest = std::mem::take(&mut w.manifest);
-    w.write("manifest", "manifest.sha256", manifest.as_bytes())
-        .await?;
+    let manifest_path = w.finish().await?;
     Ok(Output {
         output: json!({
             "container": t.id_json(),
             "changed": false,
-            "dir": dir.display().to_string(),
+            "dir": w.dir.display().to_string(),
             "manifest": manifest_path.display().to_string(),
             "image": image.get("reference").cloned().unwrap_or(Value::Null),
             "image_id": image.get("id").cloned().unwrap_or(Value::Null),
@@ -239,11 +170,6 @@ pub(crate) async fn snapshot(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
-
-    #[test]
-    fn tags_are_made_safe() {
-        assert_eq!(tag_safe("web/1:x"), "web-1-x");
-    }
 
     #[test]
     fn log_lines_are_bounded() {
