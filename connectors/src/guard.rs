@@ -264,6 +264,7 @@ mod tests {
         let p = Protection {
             containers: vec!["riposte*".into()],
             labels: BTreeMap::from([("riposte.io/protected".into(), "true".into())]),
+            ..Protection::default()
         };
         let none = BTreeMap::new();
         assert!(p
