@@ -360,6 +360,13 @@ impl Processor {
             self.metrics.events_unmatched.inc();
         }
         for (index, event) in events.iter().enumerate() {
+            // Conditions that read `event.enrichment` need it before matching.
+            let early = if self.matcher.enrich_first() {
+                self.runner.enrich(event, self.matcher.playbooks()).await
+            } else {
+                None
+            };
+            let event = early.as_ref().unwrap_or(event);
             let view = EventView::new(event, self.matcher.needs_data());
             let crate::matcher::Matches { matched, errors } =
                 self.matcher.matches(&view, self.runner.sandbox());
@@ -400,7 +407,7 @@ impl Processor {
             rec.event = Some(summary.clone());
             rec.matched = Some(matched.iter().map(|p| p.name.clone()).collect());
             audit.add(rec);
-            let enriched = if matched.is_empty() {
+            let enriched = if matched.is_empty() || early.is_some() {
                 None
             } else {
                 self.runner.enrich(event, &matched).await

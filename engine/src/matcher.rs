@@ -90,6 +90,7 @@ pub struct Matcher {
     playbooks: Vec<Arc<Playbook>>,
     by_source: HashMap<Source, SourceIndex>,
     needs_data: bool,
+    enrich_first: bool,
 }
 
 impl Matcher {
@@ -115,6 +116,7 @@ impl Matcher {
         }
         Matcher {
             needs_data: playbooks.iter().any(|p| p.uses_data),
+            enrich_first: playbooks.iter().any(|p| p.matches_on_enrichment),
             playbooks,
             by_source,
         }
@@ -123,6 +125,12 @@ impl Matcher {
     /// Whether any playbook may read `event.data`.
     pub fn needs_data(&self) -> bool {
         self.needs_data
+    }
+
+    /// Whether some playbook's condition reads `event.enrichment`, so events must be enriched
+    /// before they are matched.
+    pub fn enrich_first(&self) -> bool {
+        self.enrich_first
     }
 
     /// Every playbook, in load order.

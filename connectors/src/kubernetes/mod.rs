@@ -415,21 +415,11 @@ const SETTINGS: &[&str] = &[
     "oncall_keys",
 ];
 
-/// Label and annotation keys the owner team is read from, first found wins.
-const OWNER_KEYS: &[&str] = &[
-    "riposte.io/owner",
-    "owner",
-    "team",
-    "app.kubernetes.io/owner",
-];
+/// Label and annotation keys the owner team is read from by default, first found wins.
+pub const OWNER_KEYS: &[&str] = &["riposte.io/team", "team", "owner"];
 
-/// Label and annotation keys the on-call is read from.
-const ONCALL_KEYS: &[&str] = &[
-    "riposte.io/on-call",
-    "on-call",
-    "oncall",
-    "pagerduty-service",
-];
+/// Label and annotation keys the on-call is read from by default.
+pub const ONCALL_KEYS: &[&str] = &["riposte.io/oncall", "oncall", "on-call"];
 
 /// A `kubernetes` instance.
 #[derive(Debug)]

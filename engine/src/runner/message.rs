@@ -14,10 +14,6 @@ use super::{RunCtx, RunOutcome};
 use crate::event::Event;
 use crate::playbook::Step;
 
-/// Label and annotation keys naming a workload's owning team, first found wins.
-const TEAM_KEYS: &[&str] = &["riposte.io/team", "team", "owner"];
-/// Keys naming who is on call for it.
-const ONCALL_KEYS: &[&str] = &["riposte.io/oncall", "oncall", "on-call"];
 /// How much of the raw event a notice quotes.
 const EXCERPT_CHARS: usize = 1000;
 
@@ -53,7 +49,10 @@ fn one_line(n: &Notice) -> String {
     let done: Vec<String> = n
         .actions
         .iter()
-        .map(|a| format!("{} {}", a.action, a.outcome))
+        .map(|a| match (&a.reason, a.outcome.as_str()) {
+            (Some(why), "awaiting_approval") => format!("{} {}: {why}", a.action, a.outcome),
+            _ => format!("{} {}", a.action, a.outcome),
+        })
         .collect();
     if !done.is_empty() {
         text.push_str(&format!(" ({})", done.join(", ")));
@@ -112,7 +111,11 @@ pub(super) fn notice(run: &RunCtx<'_>) -> Notice {
             .or_else(|| enriched(e, "image_id")),
         pod: pod.and_then(|p| p.name.clone()),
         namespace: pod.and_then(|p| p.namespace.clone()),
-        node: r.node.as_ref().and_then(|n| n.name.clone()),
+        node: r
+            .node
+            .as_ref()
+            .and_then(|n| n.name.clone())
+            .or_else(|| enriched(e, "node")),
         host: r.host.as_ref().and_then(|h| h.name.clone()),
     };
     let empty = std::collections::BTreeMap::new();
@@ -120,9 +123,11 @@ pub(super) fn notice(run: &RunCtx<'_>) -> Notice {
     let mut maps: Vec<&std::collections::BTreeMap<String, String>> =
         vec![pod.map_or(&empty, |p| &p.labels)];
     maps.extend(container_labels.iter());
+    // The Kubernetes connector reads the owner and on-call from the pod, its workload and its
+    // namespace (keys configurable); labels the event carries come next.
     let owner = Owner {
-        team: first_label(&maps, TEAM_KEYS),
-        oncall: first_label(&maps, ONCALL_KEYS),
+        team: enriched(e, "owner").or_else(|| first_label(&maps, riposte_connectors::kubernetes::OWNER_KEYS)),
+        oncall: enriched(e, "on_call").or_else(|| first_label(&maps, riposte_connectors::kubernetes::ONCALL_KEYS)),
     };
     let mut evidence = Vec::new();
     let actions = run
