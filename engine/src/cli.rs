@@ -1,5 +1,5 @@
 //! The command line: `riposte run | ingest | check | test | explain | publish | audit | revert |
-//! schema | bench`.
+//! approve | schema | bench`.
 //!
 //! Owns argument parsing and what each command prints; the work is done by the library
 //! modules. Commands that talk to NATS take `--nats URL` (else `RIPOSTE_NATS_URL`, the config's
@@ -98,6 +98,21 @@ pub enum Command {
         after_help = "Examples:\n  riposte revert r-3dd4e314280750b7428a\n  riposte revert r-3dd4e314280750b7428a --step isolate --as alice\n  riposte revert --list"
     )]
     Revert(RevertArgs),
+    /// Decide on a step that waits for approval (`approval:` in its playbook), or list those
+    /// that wait.
+    ///
+    /// Records the decision in NATS (refused when the step is unknown, already decided or
+    /// timed out, or when `--as` is not among its approvers); a running engine (any replica)
+    /// then resumes the run from that step within a second: approved, the step and the rest of
+    /// the playbook run; denied, the step is skipped and the rest runs as after any skipped
+    /// step. Waits for the resumed run and prints its records. Exits 0 when the run went on
+    /// and ended without failure, 1 when it failed or was not resumed within `--wait`, 3 when
+    /// nothing waits under RUN_ID STEP, 4 when it is decided already or timed out, 5 when NAME
+    /// may not decide it.
+    #[command(
+        after_help = "Examples:\n  riposte approve --list\n  riposte approve r-3dd4e314280750b7428a scale_down --as alice\n  riposte approve r-3dd4e314280750b7428a scale_down --as alice --deny --reason \"planned load test\""
+    )]
+    Approve(ApproveArgs),
     /// Write the JSON Schemas (playbook, config, event, audit record) to a directory.
     Schema(SchemaArgs),
     /// Measure throughput and latency against a local nats-server (see README).
@@ -276,6 +291,48 @@ pub struct RevertArgs {
     config: ConfigArg,
 }
 
+/// Arguments of `approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The run that waits.
+    #[arg(required_unless_present = "list")]
+    pub run: Option<String>,
+    /// The step that waits.
+    #[arg(required_unless_present = "list")]
+    pub step: Option<String>,
+    /// Who decides (must be among the step's `approvers`, when it lists any).
+    #[arg(long = "as", value_name = "NAME", required_unless_present = "list")]
+    pub by: Option<String>,
+    /// Refuse: the step is skipped.
+    #[arg(long)]
+    pub deny: bool,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// How long to wait for an engine to resume the run.
+    #[arg(long, default_value = "60s")]
+    pub wait: humantime::Duration,
+    /// List the steps that wait instead.
+    #[arg(long, conflicts_with_all = ["run", "step", "deny", "reason"])]
+    pub list: bool,
+    /// With `--list`: one JSON object per line.
+    #[arg(long, requires = "list")]
+    pub json: bool,
+    #[command(flatten)]
+    nats: NatsArg,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+impl ApproveArgs {
+    /// The config and the NATS URL the command uses.
+    pub fn target(&self) -> Result<(Config, String)> {
+        let config = self.config.load()?;
+        let url = self.nats.url(&config);
+        Ok((config, url))
+    }
+}
+
 /// Arguments of `schema`.
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
@@ -303,6 +360,7 @@ pub async fn main(cli: Cli, shutdown: CancellationToken) -> Result<i32> {
         Command::Publish(a) => publish(a).await,
         Command::Audit(a) => crate::audit::read::read(a.into(), shutdown).await,
         Command::Revert(a) => revert(a).await,
+        Command::Approve(a) => crate::approval::command::approve(a).await,
         Command::Schema(a) => {
             crate::schema::write_all(&a.dir)?;
             println!("schemas written to {}", a.dir.display());

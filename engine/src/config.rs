@@ -495,6 +495,12 @@ pub struct IngestConfig {
     /// HTTPS, from files.
     #[serde(default)]
     pub tls: Option<IngestTls>,
+    /// The credential names (from `tokens_file`, `hmac_keys_file`, or a client certificate's
+    /// name) that may decide steps waiting for approval (`POST /v1/approvals/{run}/{step}`) and
+    /// list them (`GET /v1/approvals`). Empty (the default): those endpoints refuse everyone
+    /// (403), so a credential that only sends events can never approve an action.
+    #[serde(default)]
+    pub approval_senders: Vec<String>,
 }
 
 /// The gateway's TLS: its certificate and key, and optionally the CA that client certificates

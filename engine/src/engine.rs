@@ -1,7 +1,7 @@
 //! The engine service (`riposte run`): loads playbooks, reaches NATS (or starts the embedded
 //! server), sets up streams, buckets and the consumer, builds the connectors, serves the ingest
-//! gateway when the config asks for it (on the engine's own NATS connection), and consumes
-//! until shutdown.
+//! gateway when the config asks for it (on the engine's own NATS connection), runs the
+//! background workers (reverts, notification groups, approvals), and consumes until shutdown.
 //!
 //! Owns start-up order and its refusals: an invalid playbook set, an unknown connector or an
 //! unreachable NATS stop the start with a message that says what to fix. It owns no stage of
@@ -16,6 +16,7 @@ use riposte_connectors::{BuildError, Connector, ConnectorKind, Deps, Protection}
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use crate::approval::Resumer;
 use crate::audit::AuditSink;
 use crate::bus::{self, BusError, Processor};
 use crate::clock::{Clock, SystemClock};
@@ -189,6 +190,7 @@ async fn serve(
     let consumer = bus::ensure_consumer(&js, &config).await?;
     let kv_state = KvState::open(&js, &config.engine.names.kv_prefix).await?;
     let reverts = kv_state.reverts().clone();
+    let approvals = kv_state.approvals().clone();
     let state: Arc<dyn StateStore> = Arc::new(kv_state);
     let connectors = build_connectors(
         &config,
@@ -273,9 +275,21 @@ async fn serve(
         every: Duration::from_secs(1),
     };
     let reverting = tokio::spawn(scheduler.run(shutdown.clone()));
+    let matcher = Matcher::new(playbooks);
+    let resumer = Resumer {
+        approvals,
+        runner: runner.clone(),
+        playbooks: matcher.playbooks().to_vec(),
+        needs_data: matcher.needs_data(),
+        audit: audit.clone(),
+        replica: replica.clone(),
+        clock: clock.clone(),
+        every: Duration::from_secs(1),
+    };
+    let resuming = tokio::spawn(resumer.run(shutdown.clone()));
     let processor = Arc::new(Processor {
         audit,
-        matcher: Matcher::new(playbooks),
+        matcher,
         runner,
         js,
         metrics,
@@ -287,6 +301,9 @@ async fn serve(
     shutdown.cancel();
     if let Err(e) = reverting.await {
         tracing::warn!(error = %e, "revert scheduler ended abnormally");
+    }
+    if let Err(e) = resuming.await {
+        tracing::warn!(error = %e, "approval resumer ended abnormally");
     }
     if let Some(task) = flushing {
         if let Err(e) = task.await {

@@ -15,6 +15,7 @@
 //! - [`runner`]: one run: dedup, limits, vars, steps with guards, retries and timeouts, notify.
 //! - [`state`]: dedup windows and limit counters in JetStream KV.
 //! - [`revert`]: undos of reversible steps, on schedule (`revert_after`) or on request.
+//! - [`approval`]: steps that wait for a human decision, and the runs resumed after it.
 //! - [`grouping`]: notifications grouped into one page and its updates (noise control).
 //! - [`audit`]: audit records, how they are stored and read back.
 //! - [`bus`]: streams, the shared consumer, dead letters, the life of one message.
@@ -26,6 +27,7 @@
 //! - [`cli`], [`bench`], [`schema`]: the commands.
 //! - [`clock`], [`duration`]: the time seam and human durations.
 
+pub mod approval;
 pub mod audit;
 pub mod bench;
 pub mod bus;

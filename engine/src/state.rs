@@ -1,4 +1,5 @@
-//! Shared run state: dedup claims, limit counters, and the undos of reversible steps.
+//! Shared run state: dedup claims, limit counters, the undos of reversible steps, and the steps
+//! that wait for approval.
 //!
 //! Kept in JetStream KV buckets ([`KvState`]) so every replica sees the same dedup windows and
 //! limits; a dedup key held by a run is granted again to the same run, so a redelivered event
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::approval::{Approvals, PendingApproval};
 use crate::revert::{Pending, Reverts};
 
 /// The state store could not be reached or answered wrongly. The event is not acknowledged, so
@@ -59,6 +61,8 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, StateError>;
     /// Keeps the undo of a reversible step until it is carried out.
     async fn record_revert(&self, pending: &Pending) -> Result<(), StateError>;
+    /// Keeps a step that waits for approval until it is decided and the run resumed.
+    async fn record_approval(&self, pending: &PendingApproval) -> Result<(), StateError>;
 }
 
 /// Opens a KV bucket, creating it (one value per key, entries kept `max_age`, zero: forever)
@@ -193,12 +197,18 @@ pub struct MemoryState {
     claims: Mutex<HashMap<String, Held>>,
     slots: Mutex<HashMap<(String, i64), u32>>,
     reverts: Mutex<Vec<Pending>>,
+    approvals: Mutex<Vec<PendingApproval>>,
 }
 
 impl MemoryState {
     /// The undos recorded so far.
     pub fn reverts(&self) -> Vec<Pending> {
         self.reverts.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The approval requests recorded so far.
+    pub fn approvals(&self) -> Vec<PendingApproval> {
+        self.approvals.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
@@ -245,6 +255,14 @@ impl StateStore for MemoryState {
         self.reverts.lock().map_err(poisoned)?.push(pending.clone());
         Ok(())
     }
+
+    async fn record_approval(&self, pending: &PendingApproval) -> Result<(), StateError> {
+        self.approvals
+            .lock()
+            .map_err(poisoned)?
+            .push(pending.clone());
+        Ok(())
+    }
 }
 
 /// State in JetStream KV buckets, shared by every replica.
@@ -253,6 +271,7 @@ pub struct KvState {
     dedup: kv::Store,
     limits: kv::Store,
     reverts: Reverts,
+    approvals: Approvals,
 }
 
 /// How many times a compare-and-set is tried under contention.
@@ -275,19 +294,25 @@ async fn cas_pause(n: u32) {
 const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl KvState {
-    /// Opens (creating when missing) the buckets `<prefix>-dedup`, `<prefix>-limits` and
-    /// `<prefix>-reverts`.
+    /// Opens (creating when missing) the buckets `<prefix>-dedup`, `<prefix>-limits`,
+    /// `<prefix>-reverts` and `<prefix>-approvals`.
     pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<KvState, StateError> {
         Ok(KvState {
             dedup: open_bucket(js, &format!("{prefix}-dedup"), KEEP).await?,
             limits: open_bucket(js, &format!("{prefix}-limits"), KEEP).await?,
             reverts: Reverts::open(js, prefix).await?,
+            approvals: Approvals::open(js, prefix).await?,
         })
     }
 
     /// The reverts bucket.
     pub fn reverts(&self) -> &Reverts {
         &self.reverts
+    }
+
+    /// The approvals bucket.
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
     }
 }
 
@@ -393,6 +418,10 @@ impl StateStore for KvState {
 
     async fn record_revert(&self, pending: &Pending) -> Result<(), StateError> {
         self.reverts.record(pending).await
+    }
+
+    async fn record_approval(&self, pending: &PendingApproval) -> Result<(), StateError> {
+        self.approvals.request(pending).await
     }
 }
 

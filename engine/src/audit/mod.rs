@@ -51,6 +51,9 @@ pub enum RecordKind {
     /// A reversible step was undone (`ok`), will be tried again (`retrying`), or could not be
     /// (`failed`).
     Revert,
+    /// A decision on a step that waited for approval: `approved`, `denied` or `timed_out`
+    /// (`approval` says who decided, when and why).
+    Approval,
 }
 
 impl RecordKind {
@@ -68,6 +71,7 @@ impl RecordKind {
             RecordKind::Notify => "notify",
             RecordKind::Run => "run",
             RecordKind::Revert => "revert",
+            RecordKind::Approval => "approval",
         }
     }
 }
@@ -90,8 +94,9 @@ pub struct AuditRecord {
     /// The action (`<connector>.<action>`).
     pub action: Option<String>,
     /// The outcome: `matched`, `no_match`, `ok`, `failed`, `skipped`, `planned`, `deferred`
-    /// (a notification that joined its group), `started`, `retrying`, `suppressed`, `limited`,
-    /// `rejected`, `error`.
+    /// (a notification that joined its group), `awaiting_approval` (a step, and its run, that
+    /// wait for a human decision), `approved`, `denied`, `timed_out` (approval records),
+    /// `started`, `retrying`, `suppressed`, `limited`, `rejected`, `error`.
     pub outcome: String,
     /// Why, for anything but plain success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +111,10 @@ pub struct AuditRecord {
     /// `revert_after`) and the command that undoes it now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert: Option<Value>,
+    /// For a step that waits or waited for approval: who may decide, until when, the command
+    /// that decides, and once decided, the decision (`decision`, `by`, `via`, `at`, `reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Value>,
     /// Attempts made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
@@ -173,6 +182,7 @@ impl AuditRecord {
             args: None,
             output: None,
             revert: None,
+            approval: None,
             attempts: None,
             duration_ms: None,
             dry_run: false,

@@ -201,6 +201,15 @@ pub fn line(r: &AuditRecord) -> String {
     if let Some(dir) = text(output.and_then(|o| o.get("dir"))) {
         s.push_str(&format!(" evidence in {dir}"));
     }
+    let approval = r.approval.as_ref();
+    match (
+        text(approval.and_then(|a| a.get("by"))),
+        text(approval.and_then(|a| a.get("command"))),
+    ) {
+        (Some(by), _) => s.push_str(&format!(" [approval: {by}]")),
+        (None, Some(command)) => s.push_str(&format!(" [decide: {command}]")),
+        (None, None) => {}
+    }
     if let Some(command) = text(r.revert.as_ref().and_then(|v| v.get("command"))) {
         match text(r.revert.as_ref().and_then(|v| v.get("due"))) {
             Some(due) => s.push_str(&format!(" [undone at {due}; now: {command}]")),

@@ -170,6 +170,7 @@ async fn measure(
         max_body_bytes: None,
         publish_timeout: HumanDuration(Duration::from_secs(5)),
         tls: None,
+        approval_senders: Vec::new(),
     });
     let client = async_nats::connect(url).await.context("connect")?;
     let js = crate::bus::jetstream(client.clone());

@@ -10,8 +10,10 @@
 //! `Retry-After` when NATS does not take it. The sender's name travels as the
 //! [`INGEST_SOURCE_HEADER`](crate::bus::INGEST_SOURCE_HEADER) header. `/healthz` and `/readyz`
 //! answer without credentials. It never matches, runs or audits: the engine does that when it
-//! consumes the message, like any other.
+//! consumes the message, like any other. The same credentials, when the config names them in
+//! `approval_senders`, may decide steps that wait for approval ([`approvals`]).
 
+mod approvals;
 pub mod auth;
 pub mod tls;
 
@@ -93,6 +95,9 @@ pub enum IngestError {
     /// NATS trouble at start.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The approvals bucket could not be opened.
+    #[error("the approvals endpoints: {0}")]
+    Approvals(#[from] crate::state::StateError),
 }
 
 /// A gateway being served.
@@ -114,6 +119,10 @@ struct Gateway {
     js: jetstream::Context,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    /// The approvals bucket, when some credential may use the approvals endpoints.
+    approvals: Option<crate::approval::Approvals>,
+    /// The credential names that may.
+    approval_senders: Vec<String>,
 }
 
 /// The parts of a gateway that come from files: read before anything connects, so a bad file
@@ -124,6 +133,8 @@ pub struct Prepared {
     tls: Option<Arc<rustls::ServerConfig>>,
     max_body: usize,
     publish_timeout: Duration,
+    approval_senders: Vec<String>,
+    kv_prefix: String,
 }
 
 impl Prepared {
@@ -145,6 +156,8 @@ impl Prepared {
             tls,
             max_body: ingest.body_limit(engine),
             publish_timeout: ingest.publish_timeout.get(),
+            approval_senders: ingest.approval_senders.clone(),
+            kv_prefix: engine.names.kv_prefix.clone(),
         })
     }
 
@@ -166,17 +179,27 @@ impl Prepared {
             .map_err(listen_err)?;
         let local = listener.local_addr().map_err(listen_err)?;
         let tls = self.tls.is_some();
+        let js = crate::bus::jetstream(client.clone());
+        let approvals = if self.approval_senders.is_empty() {
+            None
+        } else {
+            Some(crate::approval::Approvals::open(&js, &self.kv_prefix).await?)
+        };
         let gateway = Arc::new(Gateway {
             credentials: self.credentials,
             max_body: self.max_body,
             publish_timeout: self.publish_timeout,
-            js: crate::bus::jetstream(client.clone()),
+            js,
             client,
             metrics,
             clock,
+            approvals,
+            approval_senders: self.approval_senders,
         });
         let app = Router::new()
             .route("/v1/events/{format}", post(post_event))
+            .route("/v1/approvals", get(approvals::list))
+            .route("/v1/approvals/{run}/{step}", post(approvals::decide))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
             .layer(DefaultBodyLimit::disable())
@@ -255,6 +278,8 @@ enum Answer {
     BadRequest(String),
     Invalid(formats::FormatError),
     Unavailable(String),
+    /// Any other answer with a JSON body (the approvals endpoints).
+    Json(StatusCode, serde_json::Value),
 }
 
 impl Answer {
@@ -267,6 +292,7 @@ impl Answer {
             Answer::SlowBody => StatusCode::REQUEST_TIMEOUT,
             Answer::BadRequest(_) | Answer::Invalid(_) => StatusCode::BAD_REQUEST,
             Answer::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Answer::Json(status, _) => *status,
         }
     }
 
@@ -331,6 +357,7 @@ impl Answer {
                 axum::Json(serde_json::json!({ "error": e.to_string(), "code": e.code() })),
             )
                 .into_response(),
+            Answer::Json(_, body) => (status, axum::Json(body)).into_response(),
             Answer::Unavailable(text) => {
                 let mut response = (status, axum::Json(error(text))).into_response();
                 response
@@ -404,55 +431,10 @@ async fn ready(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
 
 impl Gateway {
     async fn accept(&self, format: Source, peer: &Peer, headers: &HeaderMap, body: Body) -> Answer {
-        // Credentials presented must be valid; none at all falls back to the client
-        // certificate. A signature needs the body, so only its timestamp is checked first.
-        let signature = headers.get(SIGNATURE_HEADER).map(HeaderValue::as_bytes);
-        let mut sender = None;
-        let mut signed_at = None;
-        if signature.is_some() {
-            let ts = headers.get(TIMESTAMP_HEADER).map(HeaderValue::as_bytes);
-            match self.credentials.timestamp(ts) {
-                Ok(ts) => signed_at = Some(ts),
-                Err(why) => return Answer::Unauthenticated(why),
-            }
-        } else if let Some(value) = headers.get(header::AUTHORIZATION) {
-            match self.credentials.bearer(value.as_bytes()) {
-                Ok(name) => sender = Some(name),
-                Err(why) => return Answer::Unauthenticated(why),
-            }
-        } else if let Some(name) = &peer.certificate {
-            sender = Some(name.clone());
-        } else {
-            return Answer::Unauthenticated(AuthFailure::Missing);
-        }
-
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > u64::try_from(self.max_body).unwrap_or(u64::MAX)) {
-            return Answer::TooLarge(self.max_body);
-        }
-        let read = Limited::new(body, self.max_body).collect();
-        let payload = match tokio::time::timeout(BODY_TIMEOUT, read).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Answer::TooLarge(self.max_body)
-            }
-            Ok(Err(e)) => return Answer::BadRequest(format!("cannot read the body: {e}")),
-            Err(_) => return Answer::SlowBody,
+        let (sender, payload) = match self.authenticate(peer, headers, body).await {
+            Ok(found) => found,
+            Err(answer) => return answer,
         };
-
-        if let (Some(ts), Some(sig)) = (signed_at, signature) {
-            match self.credentials.signed(ts, sig, &payload) {
-                Ok(name) => sender = Some(name),
-                Err(why) => return Answer::Unauthenticated(why),
-            }
-        }
-        let Some(sender) = sender else {
-            return Answer::Unauthenticated(AuthFailure::Missing);
-        };
-
         let msg_id = match headers.get(IDEMPOTENCY_HEADER) {
             Some(key) => match idempotency_id(format, &sender, key.as_bytes()) {
                 Some(id) => id,
@@ -479,6 +461,67 @@ impl Gateway {
                 }
             }
             Err(answer) => answer,
+        }
+    }
+
+    /// Who sent a request, and its body: credentials presented must be valid; none at all
+    /// falls back to the client certificate. A signature needs the body, so only its timestamp
+    /// is checked before the body is read (within the limit and the time allowed).
+    async fn authenticate(
+        &self,
+        peer: &Peer,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(String, bytes::Bytes), Answer> {
+        let signature = headers.get(SIGNATURE_HEADER).map(HeaderValue::as_bytes);
+        let mut sender = None;
+        let mut signed_at = None;
+        if signature.is_some() {
+            let ts = headers.get(TIMESTAMP_HEADER).map(HeaderValue::as_bytes);
+            signed_at = Some(
+                self.credentials
+                    .timestamp(ts)
+                    .map_err(Answer::Unauthenticated)?,
+            );
+        } else if let Some(value) = headers.get(header::AUTHORIZATION) {
+            sender = Some(
+                self.credentials
+                    .bearer(value.as_bytes())
+                    .map_err(Answer::Unauthenticated)?,
+            );
+        } else if let Some(name) = &peer.certificate {
+            sender = Some(name.clone());
+        } else {
+            return Err(Answer::Unauthenticated(AuthFailure::Missing));
+        }
+
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > u64::try_from(self.max_body).unwrap_or(u64::MAX)) {
+            return Err(Answer::TooLarge(self.max_body));
+        }
+        let read = Limited::new(body, self.max_body).collect();
+        let payload = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(Answer::TooLarge(self.max_body))
+            }
+            Ok(Err(e)) => return Err(Answer::BadRequest(format!("cannot read the body: {e}"))),
+            Err(_) => return Err(Answer::SlowBody),
+        };
+
+        if let (Some(ts), Some(sig)) = (signed_at, signature) {
+            sender = Some(
+                self.credentials
+                    .signed(ts, sig, &payload)
+                    .map_err(Answer::Unauthenticated)?,
+            );
+        }
+        match sender {
+            Some(sender) => Ok((sender, payload)),
+            None => Err(Answer::Unauthenticated(AuthFailure::Missing)),
         }
     }
 

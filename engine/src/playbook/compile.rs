@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use riposte_connectors::{spec::find_action, spec::json_type, ConnectorKind, ParamType};
 use serde_json::Value;
+use sha2::Digest as _;
 
 use super::condition::NativeClauses;
 use super::positions::Positions;
-use super::spec::{PlaybookFile, RetrySpec, StepSpec};
+use super::spec::{ApprovalSpec, NotifySpec, PlaybookFile, RetrySpec, StepSpec};
 use super::template::{Template, ValueTemplate};
-use super::{ActionRef, Condition, Playbook, Problem, Step};
+use super::{valid_approver, ActionRef, Approval, Condition, Playbook, Problem, Step};
 use crate::config::Config;
 use crate::script::{Context, Sandbox, ScriptError};
 
@@ -169,6 +170,7 @@ pub fn load_file(
         problems: Vec::new(),
     };
     let mut playbook = c.playbook(doc);
+    playbook.digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
     playbook.uses_data = text.contains("data");
     playbook.uses_enrichment = text.contains("enrichment");
     if c.problems.is_empty() {
@@ -294,11 +296,60 @@ impl Compiler<'_> {
         if spec.steps.is_empty() && spec.notify.is_empty() {
             self.report("spec", "a playbook needs at least one step or notification");
         }
+        let notify = self.notifications(&spec.notify, "spec.notify", "notify");
+        for (i, t) in spec.tests.iter().enumerate() {
+            let path = format!("spec.tests[{i}]");
+            match (&t.event_file, &t.event) {
+                (Some(_), Some(_)) | (None, None) => self.report(
+                    &path,
+                    format!(
+                        "test `{}` needs exactly one of `event_file` and `event`",
+                        t.name
+                    ),
+                ),
+                (Some(f), None) => {
+                    let full = self.file.parent().unwrap_or(Path::new(".")).join(f);
+                    if !full.is_file() {
+                        self.report(
+                            &format!("{path}.event_file"),
+                            format!("test `{}`: no such file `{}`", t.name, full.display()),
+                        );
+                    }
+                }
+                (None, Some(_)) => {}
+            }
+        }
+        Playbook {
+            name,
+            description: doc.metadata.description,
+            owner: doc.metadata.owner,
+            labels: doc.metadata.labels,
+            runbook: doc.metadata.runbook,
+            file: self.file.to_owned(),
+            digest: String::new(),
+            mode: spec.mode,
+            sources: spec.matching.sources,
+            kinds: spec.matching.kinds,
+            condition,
+            vars,
+            dedup,
+            limits,
+            steps,
+            notify,
+            tests: spec.tests,
+            uses_data: true,
+            uses_enrichment: true,
+        }
+    }
+
+    /// Compiles notification entries (`spec.notify`, or a step's `approval.notify`) at `base`,
+    /// their ids `<id_prefix>-1`, `<id_prefix>-2`...
+    fn notifications(&mut self, specs: &[NotifySpec], base: &str, id_prefix: &str) -> Vec<Step> {
         let mut notify = Vec::new();
-        for (i, n) in spec.notify.iter().enumerate() {
-            let path = format!("spec.notify[{i}]");
+        for (i, n) in specs.iter().enumerate() {
+            let path = format!("{base}[{i}]");
             let as_step = StepSpec {
-                id: format!("notify-{}", i + 1),
+                id: format!("{id_prefix}-{}", i + 1),
                 action: n.action.clone(),
                 with: n.with.clone().unwrap_or_default(),
                 when: n.when.clone(),
@@ -306,6 +357,7 @@ impl Compiler<'_> {
                 retry: n.retry.clone(),
                 timeout: n.timeout,
                 revert_after: None,
+                approval: None,
             };
             if let Some(mut step) = self.step(&as_step, &path, n.with.is_none()) {
                 step.grouped = n.group.unwrap_or(true);
@@ -342,48 +394,7 @@ impl Compiler<'_> {
                 notify.push(step);
             }
         }
-        for (i, t) in spec.tests.iter().enumerate() {
-            let path = format!("spec.tests[{i}]");
-            match (&t.event_file, &t.event) {
-                (Some(_), Some(_)) | (None, None) => self.report(
-                    &path,
-                    format!(
-                        "test `{}` needs exactly one of `event_file` and `event`",
-                        t.name
-                    ),
-                ),
-                (Some(f), None) => {
-                    let full = self.file.parent().unwrap_or(Path::new(".")).join(f);
-                    if !full.is_file() {
-                        self.report(
-                            &format!("{path}.event_file"),
-                            format!("test `{}`: no such file `{}`", t.name, full.display()),
-                        );
-                    }
-                }
-                (None, Some(_)) => {}
-            }
-        }
-        Playbook {
-            name,
-            description: doc.metadata.description,
-            owner: doc.metadata.owner,
-            labels: doc.metadata.labels,
-            runbook: doc.metadata.runbook,
-            file: self.file.to_owned(),
-            mode: spec.mode,
-            sources: spec.matching.sources,
-            kinds: spec.matching.kinds,
-            condition,
-            vars,
-            dedup,
-            limits,
-            steps,
-            notify,
-            tests: spec.tests,
-            uses_data: true,
-            uses_enrichment: true,
-        }
+        notify
     }
 
     fn condition(&mut self, text: &str) -> Option<Condition> {
@@ -504,6 +515,10 @@ impl Compiler<'_> {
                 );
             }
         }
+        let approval = s
+            .approval
+            .as_ref()
+            .map(|a| self.approval(a, &format!("{path}.approval"), &s.id));
         Some(Step {
             id: s.id.clone(),
             action,
@@ -516,7 +531,42 @@ impl Compiler<'_> {
             revert_after: s.revert_after.map(|t| t.get()),
             grouped: false,
             resolve_when: None,
+            approval,
         })
+    }
+
+    fn approval(&mut self, a: &ApprovalSpec, path: &str, step: &str) -> Approval {
+        if a.timeout.get().is_zero() {
+            self.report(
+                &format!("{path}.timeout"),
+                "the approval timeout must be longer than 0s",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in a.approvers.iter().enumerate() {
+            let at = format!("{path}.approvers[{i}]");
+            if !valid_approver(name) {
+                self.report(
+                    &at,
+                    format!(
+                        "approver `{name}` must be 1 to 64 visible characters without spaces \
+                         (the name given to `riposte approve --as`)"
+                    ),
+                );
+            } else if !seen.insert(name.as_str()) {
+                self.report(&at, format!("approver `{name}` is listed twice"));
+            }
+        }
+        let notify = a
+            .notify
+            .as_ref()
+            .map(|n| self.notifications(n, &format!("{path}.notify"), &format!("{step}.request")));
+        Approval {
+            timeout: a.timeout.get(),
+            on_timeout: a.on_timeout,
+            approvers: a.approvers.clone(),
+            notify,
+        }
     }
 
     fn retry(&mut self, retry: Option<&RetrySpec>, path: &str) -> (u32, Duration) {

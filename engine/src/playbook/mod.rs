@@ -22,7 +22,7 @@ use std::time::Duration;
 use rhai::AST;
 
 pub use compile::{load_dir, load_file, Catalog};
-pub use spec::{Mode, OnError, TestSpec};
+pub use spec::{Mode, OnError, OnTimeout, TestSpec};
 
 use crate::event::{Event, Kind, Source};
 use condition::NativeClauses;
@@ -52,6 +52,13 @@ impl fmt::Display for Problem {
             self.message
         )
     }
+}
+
+/// Whether `name` may name an approver: 1 to 64 characters, none of them blank or control
+/// characters (it is compared as is with `--as` and the HTTP `as`).
+pub fn valid_approver(name: &str) -> bool {
+    (1..=64).contains(&name.chars().count())
+        && name.chars().all(|c| !c.is_whitespace() && !c.is_control())
 }
 
 /// A compiled match condition.
@@ -107,6 +114,21 @@ pub struct Step {
     pub grouped: bool,
     /// For a notification: when its group's page is resolved.
     pub resolve_when: Option<AST>,
+    /// The human decision the step waits for, if any.
+    pub approval: Option<Approval>,
+}
+
+/// The human decision a step waits for before it runs.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// How long the decision may take.
+    pub timeout: Duration,
+    /// What the timeout decides.
+    pub on_timeout: OnTimeout,
+    /// Who may decide; empty: anyone.
+    pub approvers: Vec<String>,
+    /// The notifications that carry the request; `None`: the playbook's own `notify`.
+    pub notify: Option<Vec<Step>>,
 }
 
 /// A loaded playbook.
@@ -124,6 +146,9 @@ pub struct Playbook {
     pub runbook: Option<String>,
     /// The file it came from.
     pub file: PathBuf,
+    /// SHA-256 of the file's text (hex): a run waiting for approval resumes only under the
+    /// playbook it started with.
+    pub digest: String,
     /// enforce or dry-run.
     pub mode: Mode,
     /// Sources it listens to (empty: all).

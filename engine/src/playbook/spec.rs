@@ -179,6 +179,53 @@ pub struct StepSpec {
     /// `riposte revert RUN_ID` undoes it sooner.
     #[serde(default)]
     pub revert_after: Option<HumanDuration>,
+    /// Wait for a human decision before the step runs (enforce mode; dry-run and
+    /// `riposte test` plan the step and say it needs approval).
+    #[serde(default)]
+    pub approval: Option<ApprovalSpec>,
+}
+
+/// A human decision a step waits for: `riposte approve RUN_ID STEP --as NAME [--deny]` or
+/// `POST /v1/approvals/{run}/{step}`. The wait is kept in NATS, so it survives restarts and
+/// any replica carries the run on.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSpec {
+    /// How long to wait for a decision, e.g. `15m`.
+    pub timeout: HumanDuration,
+    /// What happens when nobody decides in time: `deny` (default: the step is skipped) or
+    /// `approve` (it runs, audited as approved by timeout).
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+    /// Who may decide (the names given to `--as`); empty or absent: anyone who can reach the
+    /// engine's NATS or the approvals endpoint.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// The notifications that carry the request (sent at once, never grouped). Absent: the
+    /// playbook's `notify` entries, evaluated with `run.outcome == "awaiting_approval"`.
+    #[serde(default)]
+    pub notify: Option<Vec<NotifySpec>>,
+}
+
+/// What an approval's timeout decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnTimeout {
+    /// The step is skipped (`approval timed out`).
+    #[default]
+    Deny,
+    /// The step runs.
+    Approve,
+}
+
+impl OnTimeout {
+    /// The name used in playbooks and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Deny => "deny",
+            OnTimeout::Approve => "approve",
+        }
+    }
 }
 
 /// One notification.

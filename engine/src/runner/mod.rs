@@ -7,6 +7,7 @@
 //! per-attempt timeouts. It knows connectors only through their trait, and never touches the
 //! bus: what it decides goes to an [`AuditBatch`].
 
+mod approval;
 mod message;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Scope};
 use riposte_connectors::{check_args, Connector, ConnectorError, Subject};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use thiserror::Error;
 
@@ -55,6 +57,8 @@ pub enum RunOutcome {
     Suppressed,
     /// Refused by the playbook's limit.
     Limited,
+    /// Stopped at a step that waits for a human decision; resumed once it is made.
+    AwaitingApproval,
 }
 
 impl RunOutcome {
@@ -66,12 +70,14 @@ impl RunOutcome {
             RunOutcome::Planned => "planned",
             RunOutcome::Suppressed => "suppressed",
             RunOutcome::Limited => "limited",
+            RunOutcome::AwaitingApproval => "awaiting_approval",
         }
     }
 }
 
 /// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StepOutcome {
     /// It ran and succeeded.
     Ok,
@@ -83,6 +89,8 @@ pub enum StepOutcome {
     Planned,
     /// A notification that joined its group: the group's notice is sent later.
     Deferred,
+    /// It waits for a human decision (`approval`) and has not run.
+    AwaitingApproval,
 }
 
 impl StepOutcome {
@@ -94,12 +102,13 @@ impl StepOutcome {
             StepOutcome::Skipped => "skipped",
             StepOutcome::Planned => "planned",
             StepOutcome::Deferred => "deferred",
+            StepOutcome::AwaitingApproval => "awaiting_approval",
         }
     }
 }
 
 /// What happened to one step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     /// Step id.
     pub id: String,
@@ -117,6 +126,10 @@ pub struct StepReport {
     pub notify: bool,
     /// For a reversible step that changed something: when it is undone and how to undo it now.
     pub revert: Option<Value>,
+    /// For a step with `approval`: the request's terms, or the decision it ran (or was skipped)
+    /// under.
+    #[serde(default)]
+    pub approval: Option<Value>,
 }
 
 /// What happened in one run.
@@ -232,6 +245,7 @@ impl Runner {
             reports: Vec::new(),
             failed: false,
             outcome: None,
+            approved: None,
         };
         let mut report = RunReport {
             run_id: run_id.to_owned(),
@@ -255,8 +269,23 @@ impl Runner {
             report.outcome = outcome;
             return Ok(report);
         }
+        self.proceed(run, report, 0, audit, started).await
+    }
+
+    /// Runs the steps from index `from` on, then the notifications, and ends the run; stops
+    /// at a step that waits for approval (see [`approval`]).
+    async fn proceed(
+        &self,
+        mut run: RunCtx<'_>,
+        report: RunReport,
+        from: usize,
+        audit: &mut AuditBatch,
+        started: Instant,
+    ) -> Result<RunReport, RunError> {
+        let pb = run.pb;
+        let plan = run.plan;
         let mut aborted: Option<String> = None;
-        for step in &pb.steps {
+        for (index, step) in pb.steps.iter().enumerate().skip(from) {
             if let Some(why) = &aborted {
                 let r = StepReport {
                     id: step.id.clone(),
@@ -267,11 +296,15 @@ impl Runner {
                     reason: Some(format!("not run: {why}")),
                     notify: false,
                     revert: None,
+                    approval: None,
                 };
                 self.emit_step(&mut run, step, r, None, audit);
                 continue;
             }
             let (r, attempts) = self.step(&mut run, step, false, audit).await?;
+            if r.outcome == StepOutcome::AwaitingApproval {
+                return self.ask(run, report, step, index, r, audit, started).await;
+            }
             let failed = r.outcome == StepOutcome::Failed;
             self.emit_step(&mut run, step, r, attempts, audit);
             if failed && step.on_error == OnError::Abort {
@@ -406,6 +439,7 @@ impl Runner {
         rec.output = r.output.clone();
         rec.reason = r.reason.clone();
         rec.revert = r.revert.clone();
+        rec.approval = r.approval.clone();
         rec.attempts = attempts;
         audit.add(rec);
         self.metrics.count_step(r.outcome.as_str());
@@ -454,6 +488,7 @@ impl Runner {
             reason: None,
             notify,
             revert: None,
+            approval: run.approved_here(step),
         };
         let mut scope = run.scope(true);
         if let Some(when) = &step.when {
@@ -515,7 +550,14 @@ impl Runner {
             match planned {
                 Ok(p) => {
                     r.outcome = StepOutcome::Planned;
-                    r.output = Some(json!({ "plan": p.description }));
+                    let plan = match &step.approval {
+                        Some(a) => {
+                            r.approval = Some(approval::planned_terms(a));
+                            format!("{} {}", p.description, approval::planned_text(a))
+                        }
+                        None => p.description,
+                    };
+                    r.output = Some(json!({ "plan": plan }));
                 }
                 Err(ConnectorError::Refused(why)) => {
                     r.reason = Some(format!("guard: {why}"));
@@ -525,6 +567,10 @@ impl Runner {
                     r.reason = Some(e.to_string());
                 }
             }
+            return Ok((r, None));
+        }
+        if step.approval.is_some() && r.approval.is_none() {
+            r.outcome = StepOutcome::AwaitingApproval;
             return Ok((r, None));
         }
         if let Some(groups) = self.grouping.as_ref().filter(|_| notify && step.grouped) {
@@ -807,9 +853,19 @@ struct RunCtx<'a> {
     reports: Vec<StepReport>,
     failed: bool,
     outcome: Option<RunOutcome>,
+    /// The step resumed after a decision to run it, and that decision (for its records).
+    approved: Option<(String, Value)>,
 }
 
 impl RunCtx<'_> {
+    /// The decision `step` runs under, when it is the step resumed after approval.
+    fn approved_here(&self, step: &Step) -> Option<Value> {
+        self.approved
+            .as_ref()
+            .filter(|(id, _)| *id == step.id)
+            .map(|(_, v)| v.clone())
+    }
+
     /// A scope with `event` and `vars`, plus `steps` and `run` when `full`.
     fn scope(&self, full: bool) -> Scope<'static> {
         let mut scope = self.view.scope();

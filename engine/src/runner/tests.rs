@@ -388,3 +388,188 @@ fn revert_after_is_refused_on_an_action_without_an_inverse() {
         "{problems:?}"
     );
 }
+
+const APPROVAL_STEPS: &str = "  match: {}\n  vars: { who: \"event.resource.container.id\" }\n  steps:\n    - { id: a, action: log.info, with: { message: first } }\n    - id: b\n      action: log.info\n      with: { message: \"act on ${{ vars.who }}\" }\n      approval: { timeout: 15m, approvers: [alice, bob] }\n    - { id: c, action: log.info, when: 'steps.b.outcome == \"skipped\" || steps.b.outcome == \"ok\"', with: { message: \"after ${{ steps.b.outcome }}\" } }\n  notify:\n    - action: log.info\n";
+
+fn runner_with(c: Arc<Scripted>, state: Arc<crate::state::MemoryState>) -> Runner {
+    let clock = Arc::new(FixedClock::new(chrono::Utc::now()));
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    connectors.insert("log".into(), c);
+    Runner::new(
+        Sandbox::new(clock.clone()),
+        connectors,
+        state,
+        clock,
+        Arc::new(Metrics::new()),
+        crate::engine::runner_settings(&Config::default(), false),
+    )
+}
+
+async fn resume(
+    r: &Runner,
+    pb: &Playbook,
+    saved: &crate::approval::PendingApproval,
+    approved: bool,
+) -> (RunReport, Vec<AuditRecord>) {
+    let decision = crate::approval::Decision {
+        approved,
+        by: "bob".into(),
+        via: "cli".into(),
+        reason: Some("not now".into()),
+        at: chrono::Utc::now(),
+        timed_out: false,
+    };
+    let sink = AuditSink::memory();
+    let mut batch = sink.batch("t");
+    let view = EventView::new(&saved.event, true);
+    let report = r
+        .resume(pb, &view, saved, &decision, &mut batch)
+        .await
+        .unwrap();
+    batch.commit().await.unwrap();
+    (report, sink.recorded())
+}
+
+#[tokio::test]
+async fn a_step_with_approval_stops_the_run_and_keeps_what_it_needs_to_go_on() {
+    let c = Arc::new(Scripted::default());
+    let state = Arc::new(crate::state::MemoryState::default());
+    let pb = playbook(APPROVAL_STEPS);
+    let (report, records) = run(&runner_with(c.clone(), state.clone()), &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::AwaitingApproval);
+    // Step a and the request's notification ran; b and c did not.
+    assert_eq!(*c.calls.lock().unwrap(), 2);
+    let outcomes: Vec<(&str, &str)> = records
+        .iter()
+        .filter_map(|r| Some((r.step.as_deref()?, r.outcome.as_str())))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [("a", "ok"), ("b", "awaiting_approval"), ("b.request-1", "ok")]
+    );
+    let b = records.iter().find(|r| r.step.as_deref() == Some("b")).unwrap();
+    assert_eq!(b.args.as_ref().unwrap()["message"], "act on c1");
+    let command = "riposte approve r-1 b --as NAME";
+    assert_eq!(b.approval.as_ref().unwrap()["command"], command);
+    assert!(b.reason.as_deref().unwrap().contains("alice, bob"));
+    let request = records
+        .iter()
+        .find(|r| r.step.as_deref() == Some("b.request-1"))
+        .unwrap();
+    let text = request.args.as_ref().unwrap()["message"].as_str().unwrap();
+    assert!(text.contains("awaiting_approval") && text.contains(command), "{text}");
+    let run = records.iter().find(|r| r.record == RecordKind::Run).unwrap();
+    assert_eq!(run.outcome, "awaiting_approval");
+
+    let saved = state.approvals();
+    assert_eq!(saved.len(), 1);
+    let p = &saved[0];
+    assert_eq!((p.step.as_str(), p.step_index), ("b", 1));
+    assert_eq!(p.playbook_digest, pb.digest);
+    assert_eq!(p.vars["who"], "c1");
+    assert_eq!(p.steps.len(), 1);
+    assert_eq!(p.approvers, ["alice", "bob"]);
+    assert_eq!(p.deadline - p.requested_at, chrono::Duration::minutes(15));
+}
+
+#[tokio::test]
+async fn an_approved_step_runs_with_the_rest_and_names_its_approver() {
+    let c = Arc::new(Scripted::default());
+    let state = Arc::new(crate::state::MemoryState::default());
+    let pb = playbook(APPROVAL_STEPS);
+    let r = runner_with(c.clone(), state.clone());
+    run(&r, &pb, &event("shop")).await;
+    let saved = state.approvals().remove(0);
+    let (report, records) = resume(&r, &pb, &saved, true).await;
+    assert_eq!(report.outcome, RunOutcome::Ok);
+    assert_eq!(*c.calls.lock().unwrap(), 2 + 3);
+    let outcomes: Vec<(&str, &str, &str)> = records
+        .iter()
+        .filter_map(|r| Some((r.record.as_str(), r.step.as_deref()?, r.outcome.as_str())))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("approval", "b", "approved"),
+            ("step", "b", "ok"),
+            ("step", "c", "ok"),
+            ("notify", "notify-1", "ok")
+        ]
+    );
+    let b = &records[1];
+    assert_eq!(b.approval.as_ref().unwrap()["by"], "bob");
+    let c_args = records[2].args.as_ref().unwrap();
+    assert_eq!(c_args["message"], "after ok");
+    // The final notice lists every step, the ones before the wait too.
+    let notice = records[3].args.as_ref().unwrap()["message"].as_str().unwrap();
+    assert!(notice.contains("log.info ok, log.info ok, log.info ok"), "{notice}");
+}
+
+#[tokio::test]
+async fn a_denied_step_is_skipped_and_the_rest_runs_as_after_any_skipped_step() {
+    let c = Arc::new(Scripted::default());
+    let state = Arc::new(crate::state::MemoryState::default());
+    let pb = playbook(APPROVAL_STEPS);
+    let r = runner_with(c.clone(), state.clone());
+    run(&r, &pb, &event("shop")).await;
+    let saved = state.approvals().remove(0);
+    let (report, records) = resume(&r, &pb, &saved, false).await;
+    assert_eq!(report.outcome, RunOutcome::Ok);
+    let b = records
+        .iter()
+        .find(|r| r.record == RecordKind::Step && r.step.as_deref() == Some("b"))
+        .unwrap();
+    assert_eq!(b.outcome, "skipped");
+    assert_eq!(b.reason.as_deref(), Some("denied by bob: not now"));
+    let c_step = records
+        .iter()
+        .find(|r| r.step.as_deref() == Some("c"))
+        .unwrap();
+    assert_eq!(c_step.args.as_ref().unwrap()["message"], "after skipped");
+    assert!(records.iter().any(|r| r.record == RecordKind::Notify));
+}
+
+#[tokio::test]
+async fn plan_mode_plans_a_step_with_approval_and_says_it_needs_one() {
+    let c = Arc::new(Scripted::default());
+    let state = Arc::new(crate::state::MemoryState::default());
+    let pb = playbook(&APPROVAL_STEPS.replace("  match: {}", "  mode: dry-run\n  match: {}"));
+    let (report, _) = run(&runner_with(c.clone(), state.clone()), &pb, &event("shop")).await;
+    assert_eq!(report.outcome, RunOutcome::Planned);
+    assert!(state.approvals().is_empty());
+    let b = &report.steps[1];
+    assert_eq!(b.outcome, StepOutcome::Planned);
+    let plan = b.output.as_ref().unwrap()["plan"].as_str().unwrap();
+    assert!(
+        plan.ends_with("(needs approval by alice, bob within 15m; on timeout: deny)"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn check_names_every_problem_of_an_approval_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: p }\nspec:\n  match: {}\n  steps:\n    - id: a\n      action: log.info\n      with: { message: hi }\n      approval:\n        timeout: 0s\n        approvers: [alice, alice, \"bob smith\"]\n        notify:\n          - action: log.nope\n",
+    )
+    .unwrap();
+    let problems = load_file(
+        &file,
+        &Catalog::from_config(&Config::default_with_bindings()),
+        &Sandbox::new(Arc::new(crate::clock::SystemClock)),
+    )
+    .unwrap_err();
+    let found: Vec<(usize, &str)> = problems
+        .iter()
+        .map(|p| (p.line, p.message.as_str()))
+        .collect();
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert_eq!(found[0], (11, "the approval timeout must be longer than 0s"));
+    assert_eq!(found[1].0, 12);
+    assert!(found[1].1.contains("`alice` is listed twice"), "{found:?}");
+    assert!(found[2].1.contains("`bob smith` must be"), "{found:?}");
+    assert_eq!(found[3].0, 14);
+    assert!(found[3].1.contains("has no action `nope`"), "{found:?}");
+}
