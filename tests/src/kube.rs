@@ -232,3 +232,211 @@ impl Drop for KubeApi {
             .output();
     }
 }
+
+/// Realistic objects for the connector's tests, created with the admin token:
+/// - namespace `shop` (labels `team=payments`, `oncall=payments-primary`);
+/// - Deployment `shop/web` (3 replicas, 3 ready) → ReplicaSet `web-5d4f8` → pods `web-5d4f8-a`,
+///   `-b`, `-c` on node `node-1`, Ready, with image digests; a NetworkPolicy `allow-web` that
+///   selects `app=web`; a PodDisruptionBudget `web` (minAvailable 2) whose status allows
+///   `disruptions` evictions;
+/// - a standalone pod `shop/debug` (no node), a DaemonSet `shop/agent` with pod `agent-x` on
+///   `node-1`, a StatefulSet `shop/db` with pod `db-0`;
+/// - a pod `shop/vault-0` labelled `riposte.io/protected=true`, a pod `kube-system/coredns-1`;
+/// - nodes `node-1` and `node-2` (labelled `tier=control-plane`).
+pub struct Estate;
+
+impl Estate {
+    /// Creates every object; panics with the API's answer when one is refused.
+    pub async fn seed(k: &KubeApi, disruptions: u64) {
+        use reqwest::Method;
+        use serde_json::json;
+        let post = |path: &'static str, body: Value| async move {
+            let (s, v) = k.admin_json(Method::POST, path, Some(body)).await;
+            assert_eq!(s, 201, "POST {path}: {v}");
+            v
+        };
+        let status = |path: String, body: Value| async move {
+            let (s, v) = k.admin_json(Method::PATCH, &path, Some(body)).await;
+            assert_eq!(s, 200, "PATCH {path}: {v}");
+        };
+        post(
+            "/api/v1/namespaces",
+            json!({"metadata": {"name": "shop", "labels": {"team": "payments", "oncall": "payments-primary"}}}),
+        )
+        .await;
+        for (name, labels) in [
+            ("node-1", json!({"kubernetes.io/hostname": "node-1"})),
+            ("node-2", json!({"tier": "control-plane"})),
+        ] {
+            post(
+                "/api/v1/nodes",
+                json!({"metadata": {"name": name, "labels": labels}}),
+            )
+            .await;
+        }
+        let template = json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "registry.local/shop/web:1.4"}]}});
+        let deploy = post("/apis/apps/v1/namespaces/shop/deployments", json!({
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template}
+        })).await;
+        status(
+            "/apis/apps/v1/namespaces/shop/deployments/web/status".into(),
+            json!({"status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3}}),
+        )
+        .await;
+        let owner = |v: &Value, kind: &str, api: &str| {
+            json!([{
+            "apiVersion": api, "kind": kind, "name": v["metadata"]["name"],
+            "uid": v["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}])
+        };
+        let rs = post("/apis/apps/v1/namespaces/shop/replicasets", json!({
+            "metadata": {"name": "web-5d4f8", "labels": {"app": "web"},
+                         "ownerReferences": owner(&deploy, "Deployment", "apps/v1")},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template}
+        })).await;
+        status(
+            "/apis/apps/v1/namespaces/shop/replicasets/web-5d4f8/status".into(),
+            json!({"status": {"replicas": 3, "readyReplicas": 3}}),
+        )
+        .await;
+        let ds = post("/apis/apps/v1/namespaces/shop/daemonsets", json!({
+            "metadata": {"name": "agent"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                     "template": {"metadata": {"labels": {"app": "agent"}},
+                                  "spec": {"containers": [{"name": "agent", "image": "registry.local/agent:2"}]}}}
+        })).await;
+        let sts = post("/apis/apps/v1/namespaces/shop/statefulsets", json!({
+            "metadata": {"name": "db"},
+            "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                     "template": {"metadata": {"labels": {"app": "db"}},
+                                  "spec": {"containers": [{"name": "db", "image": "registry.local/db:15"}]}}}
+        })).await;
+        status(
+            "/apis/apps/v1/namespaces/shop/statefulsets/db/status".into(),
+            json!({"status": {"replicas": 1, "readyReplicas": 1}}),
+        )
+        .await;
+        let pods: Vec<(&str, &str, Value, Value, Option<&str>)> = vec![
+            (
+                "shop",
+                "web-5d4f8-a",
+                json!({"app": "web"}),
+                owner(&rs, "ReplicaSet", "apps/v1"),
+                Some("node-1"),
+            ),
+            (
+                "shop",
+                "web-5d4f8-b",
+                json!({"app": "web"}),
+                owner(&rs, "ReplicaSet", "apps/v1"),
+                Some("node-1"),
+            ),
+            (
+                "shop",
+                "web-5d4f8-c",
+                json!({"app": "web"}),
+                owner(&rs, "ReplicaSet", "apps/v1"),
+                Some("node-1"),
+            ),
+            ("shop", "debug", json!({"app": "debug"}), json!([]), None),
+            (
+                "shop",
+                "agent-x",
+                json!({"app": "agent"}),
+                owner(&ds, "DaemonSet", "apps/v1"),
+                Some("node-1"),
+            ),
+            (
+                "shop",
+                "db-0",
+                json!({"app": "db"}),
+                owner(&sts, "StatefulSet", "apps/v1"),
+                Some("node-1"),
+            ),
+            (
+                "shop",
+                "vault-0",
+                json!({"app": "vault", "riposte.io/protected": "true"}),
+                json!([]),
+                Some("node-1"),
+            ),
+            (
+                "kube-system",
+                "coredns-1",
+                json!({"k8s-app": "kube-dns"}),
+                json!([]),
+                Some("node-1"),
+            ),
+        ];
+        for (ns, name, labels, owners, node) in pods {
+            let image = format!("registry.local/{name}:1");
+            let mut spec = json!({"containers": [
+                {"name": "main", "image": image,
+                 "env": [{"name": "DB_PASSWORD", "value": "hunter2"},
+                         {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}]},
+                {"name": "sidecar", "image": "registry.local/proxy:3"}]});
+            if let Some(n) = node {
+                spec["nodeName"] = json!(n);
+            }
+            let path = format!("/api/v1/namespaces/{ns}/pods");
+            let (s, v) = k
+                .admin_json(
+                    Method::POST,
+                    &path,
+                    Some(json!({
+                        "metadata": {"name": name, "labels": labels, "ownerReferences": owners},
+                        "spec": spec,
+                    })),
+                )
+                .await;
+            assert_eq!(s, 201, "POST {path}: {v}");
+            status(format!("/api/v1/namespaces/{ns}/pods/{name}/status"), json!({"status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "main", "image": image, "ready": true, "restartCount": 0,
+                     "imageID": format!("docker-pullable://registry.local/{name}@sha256:{}", "a".repeat(64))},
+                    {"name": "sidecar", "image": "registry.local/proxy:3", "ready": true, "restartCount": 0,
+                     "imageID": ""}]
+            }})).await;
+        }
+        post(
+            "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies",
+            json!({
+                "metadata": {"name": "allow-web"},
+                "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                         "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}
+            }),
+        )
+        .await;
+        let pdb = post(
+            "/apis/policy/v1beta1/namespaces/shop/poddisruptionbudgets",
+            json!({
+                "metadata": {"name": "web"},
+                "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}
+            }),
+        )
+        .await;
+        Estate::set_disruptions(
+            k,
+            pdb["metadata"]["generation"].as_i64().unwrap_or(1),
+            disruptions,
+        )
+        .await;
+    }
+
+    /// Sets the PodDisruptionBudget `shop/web`'s status as its controller would.
+    pub async fn set_disruptions(k: &KubeApi, generation: i64, allowed: u64) {
+        let (s, v) = k
+            .admin_json(
+                reqwest::Method::PATCH,
+                "/apis/policy/v1beta1/namespaces/shop/poddisruptionbudgets/web/status",
+                Some(serde_json::json!({"status": {
+                    "observedGeneration": generation, "disruptionsAllowed": allowed,
+                    "currentHealthy": 3, "desiredHealthy": 2, "expectedPods": 3}})),
+            )
+            .await;
+        assert_eq!(s, 200, "PDB status: {v}");
+    }
+}

@@ -178,6 +178,10 @@ pub(crate) async fn remove(
         if let Some(g) = grace {
             body["gracePeriodSeconds"] = json!(g);
         }
+        if cx.dry {
+            // With a body, the server reads the delete options from it, not the query.
+            body["dryRun"] = json!(["All"]);
+        }
         let what = format!("delete pod `{}`", t.r);
         let _: Value = cx
             .kube
