@@ -45,7 +45,10 @@ pub(super) fn planned_text(a: &Approval) -> String {
 impl Runner {
     /// Stops the run at `step` (number `index`), which waits for approval: stores the request,
     /// audits it and sends its notifications.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run so far, the step, and where the run's records and timing go"
+    )]
     pub(super) async fn ask(
         &self,
         mut run: RunCtx<'_>,
