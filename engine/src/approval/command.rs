@@ -28,7 +28,8 @@ pub async fn approve(a: ApproveArgs) -> Result<i32> {
                 Some(d) => format!("{} by {}, resuming", d.outcome(), d.by),
                 None => format!(
                     "waits until {} (then: {})",
-                    p.deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    p.deadline
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     p.on_timeout.as_str()
                 ),
             };

@@ -445,9 +445,16 @@ async fn a_step_with_approval_stops_the_run_and_keeps_what_it_needs_to_go_on() {
         .collect();
     assert_eq!(
         outcomes,
-        [("a", "ok"), ("b", "awaiting_approval"), ("b.request-1", "ok")]
+        [
+            ("a", "ok"),
+            ("b", "awaiting_approval"),
+            ("b.request-1", "ok")
+        ]
     );
-    let b = records.iter().find(|r| r.step.as_deref() == Some("b")).unwrap();
+    let b = records
+        .iter()
+        .find(|r| r.step.as_deref() == Some("b"))
+        .unwrap();
     assert_eq!(b.args.as_ref().unwrap()["message"], "act on c1");
     let command = "riposte approve r-1 b --as NAME";
     assert_eq!(b.approval.as_ref().unwrap()["command"], command);
@@ -457,8 +464,14 @@ async fn a_step_with_approval_stops_the_run_and_keeps_what_it_needs_to_go_on() {
         .find(|r| r.step.as_deref() == Some("b.request-1"))
         .unwrap();
     let text = request.args.as_ref().unwrap()["message"].as_str().unwrap();
-    assert!(text.contains("awaiting_approval") && text.contains(command), "{text}");
-    let run = records.iter().find(|r| r.record == RecordKind::Run).unwrap();
+    assert!(
+        text.contains("awaiting_approval") && text.contains(command),
+        "{text}"
+    );
+    let run = records
+        .iter()
+        .find(|r| r.record == RecordKind::Run)
+        .unwrap();
     assert_eq!(run.outcome, "awaiting_approval");
 
     let saved = state.approvals();
@@ -501,8 +514,13 @@ async fn an_approved_step_runs_with_the_rest_and_names_its_approver() {
     let c_args = records[2].args.as_ref().unwrap();
     assert_eq!(c_args["message"], "after ok");
     // The final notice lists every step, the ones before the wait too.
-    let notice = records[3].args.as_ref().unwrap()["message"].as_str().unwrap();
-    assert!(notice.contains("log.info ok, log.info ok, log.info ok"), "{notice}");
+    let notice = records[3].args.as_ref().unwrap()["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        notice.contains("log.info ok, log.info ok, log.info ok"),
+        "{notice}"
+    );
 }
 
 #[tokio::test]
@@ -566,7 +584,10 @@ fn check_names_every_problem_of_an_approval_block() {
         .map(|p| (p.line, p.message.as_str()))
         .collect();
     assert_eq!(found.len(), 4, "{found:?}");
-    assert_eq!(found[0], (11, "the approval timeout must be longer than 0s"));
+    assert_eq!(
+        found[0],
+        (11, "the approval timeout must be longer than 0s")
+    );
     assert_eq!(found[1].0, 12);
     assert!(found[1].1.contains("`alice` is listed twice"), "{found:?}");
     assert!(found[2].1.contains("`bob smith` must be"), "{found:?}");
