@@ -572,3 +572,258 @@ async fn an_unreachable_api_server_is_a_transient_failure() {
     assert!(e.is_retryable(), "{e}");
     assert!(e.to_string().contains("unreachable"), "{e}");
 }
+
+fn pod_playbook(name: &str, title: &str, mode: &str, extra_when: &str, steps: &str) -> String {
+    format!(
+        r#"apiVersion: riposte/v1
+kind: Playbook
+metadata: {{ name: {name}, description: test, owner: soc }}
+spec:
+  mode: {mode}
+  match:
+    sources: [falco]
+    when: |
+      event.title == "{title}"{extra_when}
+  steps:
+{steps}
+  notify:
+    - action: log.info
+      with:
+        message: "owner ${{{{ event.enrichment.kubernetes.owner }}}} on-call ${{{{ event.enrichment.kubernetes.on_call }}}} node ${{{{ event.enrichment.kubernetes.node }}}}"
+"#
+    )
+}
+
+const POD_ARGS: &str =
+    r#"pod: "${{ event.resource.pod.name }}", namespace: "${{ event.resource.pod.namespace }}""#;
+
+fn falco_pod_alert(uuid: &str, rule: &str, namespace: &str, pod: &str) -> Vec<u8> {
+    json!({
+        "uuid": uuid,
+        "hostname": "node-1",
+        "output": format!("12:00:00.000000000: Critical {rule} (pod={pod})"),
+        "priority": "Critical",
+        "rule": rule,
+        "source": "syscall",
+        "tags": ["container", "shell"],
+        "time": "2026-11-23T12:00:00.000000000Z",
+        "output_fields": {
+            "container.id": "0123456789ab",
+            "container.name": "main",
+            "k8s.ns.name": namespace,
+            "k8s.pod.name": pod,
+            "proc.cmdline": "sh -i",
+            "user.name": "root"
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn record<'a>(
+    records: &'a [riposte::audit::AuditRecord],
+    playbook: &str,
+    step: &str,
+) -> &'a riposte::audit::AuditRecord {
+    records
+        .iter()
+        .find(|r| {
+            r.record == riposte::audit::RecordKind::Step
+                && r.playbook.as_deref() == Some(playbook)
+                && r.step.as_deref() == Some(step)
+        })
+        .unwrap_or_else(|| panic!("no step {step} of {playbook}: {records:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_falco_event_in_a_pod_isolates_that_pod_and_revert_releases_it() {
+    use riposte_tests::{publish, wait_for, write, Engine, NatsServer};
+    use std::time::Duration;
+    let k = KubeApi::start();
+    Estate::seed(&k, 1).await;
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let token = work.path().join("riposte-token");
+    std::fs::write(&token, &k.riposte_token).unwrap();
+    let cfg = work.path().join("riposte.yaml");
+    write(
+        &cfg,
+        &format!(
+            "connectors:\n  kubernetes:\n    type: kubernetes\n    url: {}\n    ca_file: {}\n    token_file: {}\n    evidence_dir: {}\n",
+            k.url,
+            k.ca_pem.display(),
+            token.display(),
+            work.path().join("evidence").display()
+        ),
+    );
+    let pb = work.path().join("pb");
+    // The condition reads the enrichment, so the event is enriched before it is matched.
+    write(
+        &pb.join("contain.yaml"),
+        &pod_playbook(
+            "contain-pod",
+            "Terminal shell in container",
+            "enforce",
+            "\n        && event.enrichment.kubernetes.workload.kind == \"Deployment\"",
+            &format!(
+                r#"    - id: isolate
+      action: kubernetes.isolate_pod
+      with: {{ {POD_ARGS} }}
+    - id: mark
+      action: kubernetes.label
+      with: {{ {POD_ARGS}, labels: {{ "riposte.io/incident": "${{{{ run.id }}}}" }} }}
+    - id: tell
+      action: kubernetes.event
+      with: {{ {POD_ARGS}, reason: RiposteIsolated, message: "isolated by riposte run ${{{{ run.id }}}}" }}
+"#
+            ),
+        ),
+    );
+    write(
+        &pb.join("plan.yaml"),
+        &pod_playbook(
+            "plan-pod",
+            "Shell planned",
+            "dry-run",
+            "",
+            &format!("    - id: isolate\n      action: kubernetes.isolate_pod\n      with: {{ {POD_ARGS} }}\n"),
+        ),
+    );
+    write(
+        &pb.join("guarded.yaml"),
+        &pod_playbook(
+            "guarded-pod",
+            "Shell guarded",
+            "enforce",
+            "",
+            &format!("    - id: isolate\n      action: kubernetes.isolate_pod\n      with: {{ {POD_ARGS} }}\n"),
+        ),
+    );
+    // The engine's user gets exactly what `riposte rbac` prints for these playbooks.
+    let out = cli(&[
+        "rbac",
+        pb.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--name",
+        "riposte-printed",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        yaml.contains("kubernetes actions: event, isolate_pod, label"),
+        "{yaml}"
+    );
+    assert!(
+        !yaml.contains("pods/eviction"),
+        "only what the playbooks use: {yaml}"
+    );
+    let role: Value = serde_yaml::from_str(&yaml).unwrap();
+    k.grant_riposte("riposte-printed", role["rules"].clone())
+        .await;
+
+    let _engine = Engine::start(&nats.url, &pb, Some(&cfg), work.path());
+    let client = nats.client().await;
+    publish(
+        &client,
+        "falco.critical.shell",
+        &[
+            falco_pod_alert("k-1", "Terminal shell in container", "shop", "web-5d4f8-a"),
+            falco_pod_alert("k-2", "Shell planned", "shop", "web-5d4f8-b"),
+            falco_pod_alert("k-3", "Shell guarded", "shop", "vault-0"),
+        ],
+    )
+    .await;
+    let runs_done = |r: &[riposte::audit::AuditRecord]| {
+        r.iter()
+            .filter(|x| x.record == riposte::audit::RecordKind::Run)
+            .count()
+            >= 3
+    };
+    let records = wait_for(&nats.url, Duration::from_secs(60), "three runs", runs_done);
+
+    let isolate = record(&records, "contain-pod", "isolate");
+    assert_eq!(isolate.outcome, "ok", "{isolate:#?}");
+    let run = isolate.run_id.clone().unwrap();
+    let np =
+        "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/riposte-isolate-web-5d4f8-a";
+    assert_eq!(get(&k, np).await.0, 200);
+    let (_, p) = get(&k, "/api/v1/namespaces/shop/pods/web-5d4f8-a").await;
+    assert_eq!(p["metadata"]["labels"]["riposte.io/incident"], run.as_str());
+    assert!(p["metadata"]["labels"]["riposte.io/isolated"].is_string());
+    let (_, evs) = get(&k, "/api/v1/namespaces/shop/events").await;
+    assert!(
+        evs.to_string()
+            .contains(&format!("isolated by riposte run {run}")),
+        "{evs}"
+    );
+    let notice = records
+        .iter()
+        .find(|r| {
+            r.record == riposte::audit::RecordKind::Notify
+                && r.playbook.as_deref() == Some("contain-pod")
+        })
+        .expect("the notification");
+    assert_eq!(
+        notice.args.as_ref().unwrap()["message"],
+        "owner payments on-call payments-primary node node-1",
+        "enrichment reached the notification"
+    );
+
+    // dry-run: the API server checked the request, nothing was stored.
+    let planned = record(&records, "plan-pod", "isolate");
+    assert_eq!(planned.outcome, "planned", "{planned:#?}");
+    assert!(
+        serde_json::to_string(planned)
+            .unwrap()
+            .contains("server-side dry run"),
+        "{planned:#?}"
+    );
+    let np_b =
+        "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/riposte-isolate-web-5d4f8-b";
+    assert_eq!(get(&k, np_b).await.0, 404);
+
+    // The protected pod is left alone, and the refusal is audited.
+    let guarded = record(&records, "guarded-pod", "isolate");
+    assert_eq!(guarded.outcome, "skipped", "{guarded:#?}");
+    assert!(
+        guarded
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("riposte.io/protected"),
+        "{guarded:#?}"
+    );
+    assert_eq!(
+        get(
+            &k,
+            "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/riposte-isolate-vault-0"
+        )
+        .await
+        .0,
+        404
+    );
+
+    // `riposte revert` releases the pod and takes the incident label off.
+    let out = cli(&["revert", &run, "--nats", &nats.url, "--as", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(&k, np).await.0, 404, "the policy is gone");
+    let (_, p) = get(&k, "/api/v1/namespaces/shop/pods/web-5d4f8-a").await;
+    assert!(
+        p["metadata"]["labels"].get("riposte.io/isolated").is_none(),
+        "{p}"
+    );
+    assert!(
+        p["metadata"]["labels"].get("riposte.io/incident").is_none(),
+        "{p}"
+    );
+}

@@ -19,6 +19,10 @@ use crate::matcher::EventView;
 use crate::playbook::{Approval, Playbook, Step};
 use crate::script::json_to_dynamic;
 
+/// The largest event a pending approval keeps (as JSON): its KV entry must stay under NATS's
+/// default 1 MiB message size with the rest of the run.
+pub(super) const MAX_EVENT_BYTES: usize = 512 * 1024;
+
 /// What a plan says about a step's approval.
 pub(super) fn planned_terms(a: &Approval) -> Value {
     json!({

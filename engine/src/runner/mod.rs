@@ -570,7 +570,17 @@ impl Runner {
             return Ok((r, None));
         }
         if step.approval.is_some() && r.approval.is_none() {
-            r.outcome = StepOutcome::AwaitingApproval;
+            let size = serde_json::to_vec(run.view.event).map_or(usize::MAX, |v| v.len());
+            if size > approval::MAX_EVENT_BYTES {
+                r.outcome = StepOutcome::Failed;
+                r.reason = Some(format!(
+                    "cannot wait for approval: the event is {size} bytes as JSON, over the {} \
+                     a pending approval may keep",
+                    approval::MAX_EVENT_BYTES
+                ));
+            } else {
+                r.outcome = StepOutcome::AwaitingApproval;
+            }
             return Ok((r, None));
         }
         if let Some(groups) = self.grouping.as_ref().filter(|_| notify && step.grouped) {
