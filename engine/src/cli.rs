@@ -113,6 +113,17 @@ pub enum Command {
         after_help = "Examples:\n  riposte approve --list\n  riposte approve r-3dd4e314280750b7428a scale_down --as alice\n  riposte approve r-3dd4e314280750b7428a scale_down --as alice --deny --reason \"planned load test\""
     )]
     Approve(ApproveArgs),
+    /// Print the least-privilege Kubernetes RBAC (a ClusterRole, and a binding with `--bind`)
+    /// for the `kubernetes` actions the playbooks use, plus reading pods and their owners for
+    /// enrichment.
+    ///
+    /// Apply it with `riposte rbac playbooks --bind riposte/riposte | kubectl apply -f -`.
+    /// A playbook that later uses another action fails with the API's 403, which names the
+    /// missing verb.
+    #[command(
+        after_help = "Examples:\n  riposte rbac playbooks\n  riposte rbac playbooks --bind riposte/riposte-engine\n  riposte rbac --all --name riposte-responder"
+    )]
+    Rbac(RbacArgs),
     /// Write the JSON Schemas (playbook, config, event, audit record) to a directory.
     Schema(SchemaArgs),
     /// Measure throughput and latency against a local nats-server (see README).
@@ -200,6 +211,25 @@ pub struct DirArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     config: ConfigArg,
+}
+
+/// Arguments of `rbac`.
+#[derive(Debug, Args)]
+pub struct RbacArgs {
+    /// The playbook directory (or one file) whose `kubernetes` actions need rights.
+    #[arg(default_value = "playbooks")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Every action of the connector, whatever the playbooks use.
+    #[arg(long)]
+    all: bool,
+    /// The ClusterRole's name.
+    #[arg(long, default_value = "riposte")]
+    name: String,
+    /// Also bind the role to `NAMESPACE/SERVICEACCOUNT` or `user:NAME`.
+    #[arg(long)]
+    bind: Option<String>,
 }
 
 /// Arguments of `explain`.
@@ -361,6 +391,7 @@ pub async fn main(cli: Cli, shutdown: CancellationToken) -> Result<i32> {
         Command::Audit(a) => crate::audit::read::read(a.into(), shutdown).await,
         Command::Revert(a) => revert(a).await,
         Command::Approve(a) => crate::approval::command::approve(a).await,
+        Command::Rbac(a) => rbac(a),
         Command::Schema(a) => {
             crate::schema::write_all(&a.dir)?;
             println!("schemas written to {}", a.dir.display());
@@ -399,6 +430,63 @@ async fn run(a: RunArgs, shutdown: CancellationToken) -> Result<i32> {
 
 fn sandbox() -> Sandbox {
     Sandbox::new(std::sync::Arc::new(SystemClock))
+}
+
+fn rbac(a: RbacArgs) -> Result<i32> {
+    use riposte_connectors::kubernetes;
+    let config = a.config.load()?;
+    let kind = riposte_connectors::ConnectorKind::Kubernetes.as_str();
+    let instances: Vec<&String> = config
+        .connectors
+        .iter()
+        .filter(|(_, i)| i.kind == kind)
+        .map(|(n, _)| n)
+        .collect();
+    let is_kube = |name: &str| {
+        instances.iter().any(|n| n.as_str() == name)
+            || (name == kind && !config.connectors.contains_key(kind))
+    };
+    let enrichment = instances.is_empty()
+        || config
+            .connectors
+            .values()
+            .filter(|i| i.kind == kind)
+            .any(|i| i.settings.get("enrich") != Some(&serde_json::Value::Bool(false)));
+    let mut actions: Vec<&str> = Vec::new();
+    if a.all {
+        actions.extend(kubernetes::ACTIONS.iter().map(|s| s.name));
+    } else {
+        let playbooks = match load_playbooks(&a.dir, &config, &sandbox()) {
+            Ok(p) => p,
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                eprintln!(
+                    "{} problem(s) found: fix the playbooks first",
+                    problems.len()
+                );
+                return Ok(1);
+            }
+        };
+        for pb in &playbooks {
+            for step in pb.steps.iter().chain(&pb.notify) {
+                if is_kube(&step.action.instance) {
+                    actions.push(step.action.spec.name);
+                }
+            }
+        }
+    }
+    match kubernetes::rbac::cluster_role(&a.name, &actions, enrichment, a.bind.as_deref()) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("riposte rbac: {e}");
+            Ok(2)
+        }
+    }
 }
 
 fn check(a: DirArgs) -> Result<i32> {

@@ -210,9 +210,13 @@ pub struct Protect {
     /// Container names (globs), e.g. the engine's own.
     #[serde(default = "default_protected_containers")]
     pub containers: Vec<String>,
-    /// Pod or container labels that mark a workload as protected.
+    /// Pod, workload, namespace, node or container labels that mark them as protected.
     #[serde(default = "default_protected_labels")]
     pub labels: BTreeMap<String, String>,
+    /// Kubernetes label selectors (`tier=control-plane`, `app in (vault,etcd)`): pods, their
+    /// workloads, namespaces and nodes whose labels match one are never acted on.
+    #[serde(default)]
+    pub selectors: Vec<String>,
 }
 
 impl Default for Protect {
@@ -221,6 +225,24 @@ impl Default for Protect {
             namespaces: default_protected_namespaces(),
             containers: default_protected_containers(),
             labels: default_protected_labels(),
+            selectors: Vec::new(),
+        }
+    }
+}
+
+impl Protect {
+    /// The guards connectors apply to what they resolve. Selectors that do not parse were
+    /// refused when the configuration was loaded.
+    pub fn protection(&self) -> riposte_connectors::Protection {
+        riposte_connectors::Protection {
+            containers: self.containers.clone(),
+            labels: self.labels.clone(),
+            namespaces: self.namespaces.clone(),
+            selectors: self
+                .selectors
+                .iter()
+                .filter_map(|s| riposte_connectors::Selector::parse(s).ok())
+                .collect(),
         }
     }
 }
@@ -671,6 +693,11 @@ impl Config {
                         b.subject
                     ));
                 }
+            }
+        }
+        for sel in &self.protect.selectors {
+            if let Err(e) = riposte_connectors::Selector::parse(sel) {
+                problems.push(format!("protect.selectors: {e}"));
             }
         }
         for (name, inst) in &self.connectors {

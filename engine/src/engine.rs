@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use riposte_connectors::{BuildError, Connector, ConnectorKind, Deps, Protection};
+use riposte_connectors::{BuildError, Connector, ConnectorKind, Deps};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -197,10 +197,7 @@ async fn serve(
         &Deps {
             nats: Some(client.clone()),
             data_dir: config.engine.data_dir.clone(),
-            protect: Protection {
-                containers: config.protect.containers.clone(),
-                labels: config.protect.labels.clone(),
-            },
+            protect: config.protect.protection(),
         },
     )?;
     let metrics = Arc::new(Metrics::new());

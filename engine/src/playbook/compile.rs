@@ -162,6 +162,12 @@ pub fn load_file(
             .collect());
     }
     let doc: PlaybookFile = serde_yaml::from_str(&text).map_err(syntax)?;
+    let when_reads_enrichment = doc
+        .spec
+        .matching
+        .when
+        .as_deref()
+        .is_some_and(|w| w.contains("enrichment"));
     let mut c = Compiler {
         file,
         positions,
@@ -173,6 +179,7 @@ pub fn load_file(
     playbook.digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
     playbook.uses_data = text.contains("data");
     playbook.uses_enrichment = text.contains("enrichment");
+    playbook.matches_on_enrichment = when_reads_enrichment;
     if c.problems.is_empty() {
         Ok(playbook)
     } else {
@@ -339,6 +346,7 @@ impl Compiler<'_> {
             tests: spec.tests,
             uses_data: true,
             uses_enrichment: true,
+            matches_on_enrichment: false,
         }
     }
 

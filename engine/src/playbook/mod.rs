@@ -175,6 +175,9 @@ pub struct Playbook {
     /// Whether any of its expressions may read `event.enrichment` (the word appears in the
     /// file), so every connector is asked about the event, not only those its steps use.
     pub uses_enrichment: bool,
+    /// Whether its `when` reads `event.enrichment`: events are then enriched before they are
+    /// matched (by every connector instance that knows what they name), not after.
+    pub matches_on_enrichment: bool,
 }
 
 impl Playbook {

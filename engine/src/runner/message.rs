@@ -126,8 +126,10 @@ pub(super) fn notice(run: &RunCtx<'_>) -> Notice {
     // The Kubernetes connector reads the owner and on-call from the pod, its workload and its
     // namespace (keys configurable); labels the event carries come next.
     let owner = Owner {
-        team: enriched(e, "owner").or_else(|| first_label(&maps, riposte_connectors::kubernetes::OWNER_KEYS)),
-        oncall: enriched(e, "on_call").or_else(|| first_label(&maps, riposte_connectors::kubernetes::ONCALL_KEYS)),
+        team: enriched(e, "owner")
+            .or_else(|| first_label(&maps, riposte_connectors::kubernetes::OWNER_KEYS)),
+        oncall: enriched(e, "on_call")
+            .or_else(|| first_label(&maps, riposte_connectors::kubernetes::ONCALL_KEYS)),
     };
     let mut evidence = Vec::new();
     let actions = run

@@ -727,7 +727,7 @@ impl Runner {
         }))
     }
 
-    /// The event with what connectors know of the container it names
+    /// The event with what connectors know of the container, pod or node it names
     /// (`event.enrichment.<instance>`), for the playbooks about to run it, or `None` when there
     /// is nothing to add. Only the instances those playbooks' steps use are asked (every one
     /// when a playbook reads `event.enrichment`), so events whose playbooks only log or publish
@@ -736,10 +736,7 @@ impl Runner {
         if self.settings.plan_only {
             return None;
         }
-        let id = event.resource.container.as_ref()?.id.clone()?;
-        let subject = Subject {
-            container_id: Some(id),
-        };
+        let subject = subject_of(event)?;
         let every = playbooks.iter().any(|p| p.uses_enrichment);
         let used: std::collections::BTreeSet<&str> = playbooks
             .iter()
@@ -759,6 +756,7 @@ impl Runner {
             };
             if let Some(facts) = c.enrich(&subject).await {
                 fill_container(&mut enriched, &facts);
+                fill_pod(&mut enriched, &facts);
                 enriched.enrichment.entry(name.clone()).or_insert(facts);
             }
         }
@@ -838,6 +836,20 @@ impl Runner {
     }
 }
 
+/// What an event names that connectors can look up: a container, a pod, a node. `None` when
+/// it names none of them.
+pub fn subject_of(event: &Event) -> Option<Subject> {
+    let r = &event.resource;
+    let pod = r.pod.as_ref();
+    let subject = Subject {
+        container_id: r.container.as_ref().and_then(|c| c.id.clone()),
+        pod: pod.and_then(|p| p.name.clone()),
+        namespace: pod.and_then(|p| p.namespace.clone()),
+        node: r.node.as_ref().and_then(|n| n.name.clone()),
+    };
+    (subject != Subject::default()).then_some(subject)
+}
+
 /// Fills the container's name and image from enrichment facts when the producer left them out.
 fn fill_container(event: &mut Event, facts: &Value) {
     let Some(c) = event.resource.container.as_mut() else {
@@ -849,6 +861,39 @@ fn fill_container(event: &mut Event, facts: &Value) {
     }
     if c.image.is_none() {
         c.image = text("image");
+    }
+}
+
+/// Fills the pod's labels and the node from Kubernetes enrichment facts when the producer left
+/// them out, so guards and notifications see them.
+fn fill_pod(event: &mut Event, facts: &Value) {
+    if facts.get("pod").is_none() {
+        return;
+    }
+    if let Some(p) = event.resource.pod.as_mut() {
+        if p.labels.is_empty() {
+            if let Some(m) = facts.get("labels").and_then(Value::as_object) {
+                p.labels = m
+                    .iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                    .collect();
+            }
+        }
+        if p.uid.is_none() {
+            p.uid = facts.get("uid").and_then(Value::as_str).map(str::to_owned);
+        }
+    }
+    if event
+        .resource
+        .node
+        .as_ref()
+        .is_none_or(|n| n.name.is_none())
+    {
+        if let Some(node) = facts.get("node").and_then(Value::as_str) {
+            event.resource.node = Some(crate::event::Node {
+                name: Some(node.to_owned()),
+            });
+        }
     }
 }
 
