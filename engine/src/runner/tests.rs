@@ -594,3 +594,23 @@ fn check_names_every_problem_of_an_approval_block() {
     assert_eq!(found[3].0, 14);
     assert!(found[3].1.contains("has no action `nope`"), "{found:?}");
 }
+
+#[tokio::test]
+async fn an_event_too_large_to_keep_fails_the_step_instead_of_waiting() {
+    let c = Arc::new(Scripted::default());
+    let state = Arc::new(crate::state::MemoryState::default());
+    let pb = playbook(APPROVAL_STEPS);
+    let mut e = event("shop");
+    e.data = serde_json::json!("x".repeat(600 * 1024));
+    let (report, _) = run(&runner_with(c.clone(), state.clone()), &pb, &e).await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert!(state.approvals().is_empty());
+    let b = &report.steps[1];
+    assert_eq!(b.outcome, StepOutcome::Failed);
+    assert!(b
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("cannot wait for approval: the event is"));
+    assert_eq!(report.steps[2].outcome, StepOutcome::Skipped);
+}
