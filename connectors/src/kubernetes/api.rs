@@ -232,32 +232,35 @@ impl Kube {
         }
     }
 
-    /// `policy/v1` when the server serves it (Kubernetes 1.21 and later), else
-    /// `policy/v1beta1`: the version of the Eviction objects it takes. Asked once.
+    /// The version of the Eviction objects the server takes, as the `pods/eviction`
+    /// subresource declares it in the core API's discovery (as `kubectl drain` reads it):
+    /// `policy/v1` from Kubernetes 1.22, else `policy/v1beta1`. Whether the policy group serves
+    /// v1 says nothing here: 1.21 serves it for PodDisruptionBudgets but refuses a policy/v1
+    /// Eviction. Asked once.
     pub(crate) async fn policy_version(&self) -> Result<&'static str, ConnectorError> {
         self.policy_version
             .get_or_try_init(|| async {
-                let group: Value = self
+                let core: Value = self
                     .call(
                         Verb::Get,
-                        "/apis/policy",
+                        "/api/v1",
                         None,
                         false,
-                        "discover the policy API",
+                        "discover the eviction API",
                     )
                     .await?;
-                let served = group
-                    .get("versions")
+                let v1 = core
+                    .get("resources")
                     .and_then(Value::as_array)
-                    .is_some_and(|vs| {
-                        vs.iter()
-                            .any(|v| v.get("version").and_then(Value::as_str) == Some("v1"))
+                    .is_some_and(|rs| {
+                        rs.iter().any(|r| {
+                            let s = |k: &str| r.get(k).and_then(Value::as_str);
+                            s("name") == Some("pods/eviction")
+                                && s("group") == Some("policy")
+                                && s("version") == Some("v1")
+                        })
                     });
-                Ok(if served {
-                    "policy/v1"
-                } else {
-                    "policy/v1beta1"
-                })
+                Ok(if v1 { "policy/v1" } else { "policy/v1beta1" })
             })
             .await
             .copied()
