@@ -257,6 +257,7 @@ pub(crate) fn looks_secret(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

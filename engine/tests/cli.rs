@@ -79,7 +79,7 @@ fn check_names_every_problem_with_its_position_and_exits_1() {
         format!("{f}:17:19: in template: `${{{{` without its closing `}}}}`"),
         format!("{f}:18:17: `log.info` has no parameter `colour` (it has: message)"),
         format!("{f}:19:11: step id `first` is used twice"),
-        format!("{f}:20:15: unknown connector `firewall` (configured: docker, log, nats)"),
+        format!("{f}:20:15: unknown connector `firewall` (configured: docker, kubernetes, log, nats)"),
         format!("{f}:22:15: connector `log` (log) has no action `shout` (it has: info, warn)"),
         format!(
             "{f}:26:24: parameter `subject` of `nats.publish` must be of type string, got integer"

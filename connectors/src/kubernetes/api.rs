@@ -114,7 +114,11 @@ impl Kube {
             } => {
                 let mut cluster = json!({ "server": url });
                 if let Some(ca) = ca_file {
-                    cluster["certificate-authority"] = json!(ca.display().to_string());
+                    put(
+                        &mut cluster,
+                        "certificate-authority",
+                        json!(ca.display().to_string()),
+                    );
                 }
                 let text = json!({
                     "apiVersion": "v1",
@@ -292,6 +296,13 @@ pub(crate) fn api_error(e: kube::Error, what: &str) -> ConnectorError {
         other => ConnectorError::Transient(format!(
             "{what}: the Kubernetes API is unreachable: {other}"
         )),
+    }
+}
+
+/// Sets `key` on a JSON object (does nothing on other values).
+pub(crate) fn put(v: &mut Value, key: &str, value: Value) {
+    if let Some(m) = v.as_object_mut() {
+        m.insert(key.to_owned(), value);
     }
 }
 

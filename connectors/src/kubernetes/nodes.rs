@@ -11,7 +11,7 @@ use super::target::{PodRef, PodTarget};
 use super::Ctx;
 use crate::{Args, ConnectorError, Output};
 
-fn node_arg<'a>(args: &'a Args) -> &'a str {
+fn node_arg(args: &Args) -> &str {
     args.get("node")
         .and_then(Value::as_str)
         .unwrap_or("")

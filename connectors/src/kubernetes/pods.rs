@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::api::{is_not_found, Verb};
+use super::api::{is_not_found, put, Verb};
 use super::target::{string_map, PodRef, PodTarget};
 use super::Ctx;
 use crate::evidence::{name_safe, stamp, EvidenceDir};
@@ -176,11 +176,11 @@ pub(crate) async fn remove(
     } else {
         let mut body = json!({ "preconditions": { "uid": t.uid() } });
         if let Some(g) = grace {
-            body["gracePeriodSeconds"] = json!(g);
+            put(&mut body, "gracePeriodSeconds", json!(g));
         }
         if cx.dry {
             // With a body, the server reads the delete options from it, not the query.
-            body["dryRun"] = json!(["All"]);
+            put(&mut body, "dryRun", json!(["All"]));
         }
         let what = format!("delete pod `{}`", t.r);
         let _: Value = cx
@@ -189,18 +189,24 @@ pub(crate) async fn remove(
             .await?;
     }
     let mut output = t.id_json();
-    output["changed"] = json!(true);
-    output["node"] = json!(t.node());
-    output["workload"] = json!(t.workload.as_ref().map(|w| w.owner.json()));
-    output["grace_seconds"] = json!(grace);
-    output["message"] = json!(format!(
-        "{verb} pod `{}`{}",
-        t.r,
-        t.workload
-            .as_ref()
-            .map(|w| format!(" of {}", w.display(&t.r.namespace)))
-            .unwrap_or_default()
-    ));
+    put(&mut output, "changed", json!(true));
+    put(&mut output, "node", json!(t.node()));
+    put(
+        &mut output,
+        "workload",
+        json!(t.workload.as_ref().map(|w| w.owner.json())),
+    );
+    put(&mut output, "grace_seconds", json!(grace));
+    let of = t
+        .workload
+        .as_ref()
+        .map(|w| format!(" of {}", w.display(&t.r.namespace)))
+        .unwrap_or_default();
+    put(
+        &mut output,
+        "message",
+        json!(format!("{verb} pod `{}`{of}", t.r)),
+    );
     Ok(Output { output, undo: None })
 }
 
@@ -213,10 +219,10 @@ pub(crate) async fn evict(
     let version = cx.kube.policy_version().await?;
     let mut options = json!({ "preconditions": { "uid": t.uid() } });
     if let Some(g) = grace {
-        options["gracePeriodSeconds"] = json!(g);
+        put(&mut options, "gracePeriodSeconds", json!(g));
     }
     if cx.dry {
-        options["dryRun"] = json!(["All"]);
+        put(&mut options, "dryRun", json!(["All"]));
     }
     let body = json!({
         "apiVersion": version,
@@ -235,8 +241,8 @@ pub(crate) async fn evict(
 
 fn unchanged(t: &PodTarget, why: &str) -> Output {
     let mut output = t.id_json();
-    output["changed"] = json!(false);
-    output["message"] = json!(why);
+    put(&mut output, "changed", json!(false));
+    put(&mut output, "message", json!(why));
     Output { output, undo: None }
 }
 
@@ -497,11 +503,11 @@ pub(crate) async fn isolate(
         ));
     }
     let mut output = t.id_json();
-    output["changed"] = json!(true);
-    output["policy"] = json!(name);
-    output["label"] = json!(format!("{label}={value}"));
-    output["also_selected_by"] = json!(also);
-    output["message"] = json!(message);
+    put(&mut output, "changed", json!(true));
+    put(&mut output, "policy", json!(name));
+    put(&mut output, "label", json!(format!("{label}={value}")));
+    put(&mut output, "also_selected_by", json!(also));
+    put(&mut output, "message", json!(message));
     Ok(Output {
         output,
         undo: Some(json!({
