@@ -470,7 +470,12 @@ fn rbac(a: RbacArgs) -> Result<i32> {
             }
         };
         for pb in &playbooks {
-            for step in pb.steps.iter().chain(&pb.notify) {
+            let approval_notices = pb
+                .steps
+                .iter()
+                .filter_map(|s| s.approval.as_ref()?.notify.as_ref())
+                .flatten();
+            for step in pb.steps.iter().chain(&pb.notify).chain(approval_notices) {
                 if is_kube(&step.action.instance) {
                     actions.push(step.action.spec.name);
                 }

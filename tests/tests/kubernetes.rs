@@ -735,6 +735,7 @@ async fn a_falco_event_in_a_pod_isolates_that_pod_and_revert_releases_it() {
             falco_pod_alert("k-1", "Terminal shell in container", "shop", "web-5d4f8-a"),
             falco_pod_alert("k-2", "Shell planned", "shop", "web-5d4f8-b"),
             falco_pod_alert("k-3", "Shell guarded", "shop", "vault-0"),
+            falco_pod_alert("k-4", "Shell guarded", "shop", "gone-1"),
         ],
     )
     .await;
@@ -742,9 +743,9 @@ async fn a_falco_event_in_a_pod_isolates_that_pod_and_revert_releases_it() {
         r.iter()
             .filter(|x| x.record == riposte::audit::RecordKind::Run)
             .count()
-            >= 3
+            >= 4
     };
-    let records = wait_for(&nats.url, Duration::from_secs(60), "three runs", runs_done);
+    let records = wait_for(&nats.url, Duration::from_secs(60), "four runs", runs_done);
 
     let isolate = record(&records, "contain-pod", "isolate");
     assert_eq!(isolate.outcome, "ok", "{isolate:#?}");
@@ -806,6 +807,22 @@ async fn a_falco_event_in_a_pod_isolates_that_pod_and_revert_releases_it() {
         .await
         .0,
         404
+    );
+
+    // A pod that is not there: the step fails with the API's reason, and the engine goes on.
+    let gone = records
+        .iter()
+        .find(|r| {
+            r.record == riposte::audit::RecordKind::Step && r.event_id.as_deref() == Some("k-4")
+        })
+        .expect("the step about the missing pod");
+    assert_eq!(gone.outcome, "failed", "{gone:#?}");
+    assert!(
+        gone.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("NotFound, HTTP 404"),
+        "{gone:#?}"
     );
 
     // `riposte revert` releases the pod and takes the incident label off.
