@@ -79,7 +79,9 @@ fn check_names_every_problem_with_its_position_and_exits_1() {
         format!("{f}:17:19: in template: `${{{{` without its closing `}}}}`"),
         format!("{f}:18:17: `log.info` has no parameter `colour` (it has: message)"),
         format!("{f}:19:11: step id `first` is used twice"),
-        format!("{f}:20:15: unknown connector `firewall` (configured: docker, kubernetes, log, nats)"),
+        format!(
+            "{f}:20:15: unknown connector `firewall` (configured: docker, kubernetes, log, nats)"
+        ),
         format!("{f}:22:15: connector `log` (log) has no action `shout` (it has: info, warn)"),
         format!(
             "{f}:26:24: parameter `subject` of `nats.publish` must be of type string, got integer"
@@ -153,7 +155,7 @@ fn test_reports_a_failing_case_and_exits_1() {
 fn explain_names_the_real_targets_and_the_reason_for_each_non_match() {
     let (code, out, err) = riposte(&[
         "explain",
-        &repo("playbooks/fixtures/falco-shell-in-container.json"),
+        &repo("playbooks/fixtures/falco-shell-in-container-docker.json"),
         "--format",
         "falco",
         "--playbooks",

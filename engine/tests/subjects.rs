@@ -1,7 +1,12 @@
 //! What each producer's event names for enrichment (the container, pod and node connectors
 //! look up), from real payloads: Falco's k8s fields, Tetragon's pod, the audit log's objectRef,
 //! Alertmanager's `namespace` and `pod` labels.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 use std::path::Path;
 
 use riposte::event::Source;

@@ -14,6 +14,7 @@
 
 pub mod containment;
 pub mod ingest;
+pub mod kubernetes;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -68,6 +69,9 @@ pub enum Other {
     /// Throughput and p99 latency of the ingest gateway (1 KB Falco alerts, N keep-alive HTTP
     /// clients), against a JetStream publish loop with the same concurrency.
     Ingest(ingest::IngestArgs),
+    /// Latency of the Kubernetes connector's containment against a real API server: enrich,
+    /// isolate and release N pods, one at a time and all at once.
+    Kubernetes(kubernetes::KubeBenchArgs),
 }
 
 /// The value at fraction `p` of sorted samples (NaN when there are none).
@@ -142,6 +146,7 @@ pub async fn run(a: BenchArgs) -> Result<i32> {
     match a.other {
         Some(Other::Containment(c)) => return containment::run(c).await,
         Some(Other::Ingest(i)) => return ingest::run(i).await,
+        Some(Other::Kubernetes(k)) => return kubernetes::run(k).await,
         None => {}
     }
     if a.playbooks == 0 || a.events == 0 {

@@ -14,7 +14,7 @@
 //! | time | `time` when valid RFC 3339, else the received time (label `riposte.time` = `received`) |
 //! | title | exec `Process executed: <binary>`, exit `Process exited: <binary>`, hooks `<policy_name, else function_name or subsys/event>: <binary>`, others `<event type>: <binary>` |
 //! | summary | command line, pid, what happened (exit status or signal; hooked function and its plain arguments) and where (pod or node) |
-//! | resource | process {pid, binary, binary + arguments, uid}; pod {name, namespace, `pod_labels`}; container {id without `containerd://`, name, image name}; image {from `image.name`, digest from `image.id`}; node {`node_name`} |
+//! | resource | process {pid, binary, binary + arguments, uid}; pod {name, namespace, `pod_labels`}; container {id without `containerd://`, else `process.docker` outside Kubernetes, name, image name}; image {from `image.name`, digest from `image.id`}; node {`node_name`} |
 //! | labels | `tetragon.event`, `tetragon.exec_id`, `tetragon.parent_binary`, `tetragon.policy`, `tetragon.function`, `tetragon.action` when present |
 
 use std::collections::BTreeMap;
@@ -169,11 +169,14 @@ fn event(doc: &Doc<'_>, received: DateTime<Utc>) -> Result<Event, FormatError> {
     };
 
     let container = Container {
-        id: util::str_at(process, &["pod", "container", "id"]).map(|id| {
-            id.split_once("://")
-                .map_or(id, |(_, bare)| bare)
-                .to_string()
-        }),
+        // Outside Kubernetes only `process.docker` names the container (its id, cut short).
+        id: util::str_at(process, &["pod", "container", "id"])
+            .map(|id| {
+                id.split_once("://")
+                    .map_or(id, |(_, bare)| bare)
+                    .to_string()
+            })
+            .or_else(|| util::str_at(process, &["docker"]).map(str::to_string)),
         name: util::str_at(process, &["pod", "container", "name"]).map(str::to_string),
         image: util::str_at(process, &["pod", "container", "image", "name"]).map(str::to_string),
     };
