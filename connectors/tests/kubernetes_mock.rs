@@ -1102,3 +1102,43 @@ async fn an_api_server_answering_503_is_a_transient_error_with_its_reason() {
     assert!(e.is_retryable(), "{e:?}");
     assert!(e.to_string().ends_with("HTTP 503)"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A concurrent change
+
+#[tokio::test]
+async fn a_label_racing_another_change_is_a_transient_conflict() {
+    let w = web();
+    let mut steps = w.reads();
+    steps.push(namespace_read("shop"));
+    let conflict = status(
+        409,
+        "Conflict",
+        "Operation cannot be fulfilled on pods \"web\": the object has been modified; please \
+         apply your changes to the latest version and try again",
+    );
+    steps.push(
+        patch(&w.path())
+            .body(|b| {
+                assert_eq!(b["metadata"]["labels"]["riposte.io/incident"], "r-1");
+                assert!(
+                    b["metadata"]["resourceVersion"].is_string(),
+                    "the patch names the version it read: {b}"
+                );
+            })
+            .reply(409, conflict),
+    );
+    let (client, server) = Scripted::start(steps);
+    let c = connector(client, json!({}));
+    let out = c
+        .run(
+            "label",
+            &args(json!({ "pod": w.name, "namespace": "shop",
+                          "labels": { "riposte.io/incident": "r-1" } })),
+        )
+        .await;
+    server.done(c).await;
+    let e = out.unwrap_err();
+    assert!(e.is_retryable(), "a retry reads the object again: {e:?}");
+    assert!(e.to_string().ends_with("(Conflict, HTTP 409)"), "{e}");
+}
