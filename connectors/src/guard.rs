@@ -116,7 +116,8 @@ fn split_top(text: &str) -> Result<Vec<&str>, String> {
     Ok(parts)
 }
 
-fn label_key(key: &str) -> Result<String, String> {
+/// Checks a label or annotation key (`[prefix/]name`), trimmed.
+pub(crate) fn label_key(key: &str) -> Result<String, String> {
     let key = key.trim();
     let ok = !key.is_empty()
         && key.len() <= 317

@@ -299,6 +299,16 @@ pub(crate) fn api_error(e: kube::Error, what: &str) -> ConnectorError {
     }
 }
 
+/// The path prefix of an API version: `/api/v1` for the core group, `/apis/<group>/<version>`
+/// otherwise.
+pub(crate) fn api_base(api_version: &str) -> String {
+    if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    }
+}
+
 /// Sets `key` on a JSON object (does nothing on other values).
 pub(crate) fn put(v: &mut Value, key: &str, value: Value) {
     if let Some(m) = v.as_object_mut() {

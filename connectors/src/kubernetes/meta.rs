@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::api::{check_name, Verb};
+use super::api::{api_base, check_name, Verb};
 use super::target::{key_values, string_map, Kind, PodRef};
 use super::Ctx;
 use crate::{Args, ConnectorError, Output};
@@ -40,11 +40,7 @@ impl Object {
     }
 
     fn path(&self) -> String {
-        let base = if self.api_version.contains('/') {
-            format!("/apis/{}", self.api_version)
-        } else {
-            format!("/api/{}", self.api_version)
-        };
+        let base = api_base(&self.api_version);
         match &self.namespace {
             Some(ns) => format!("{base}/namespaces/{ns}/{}/{}", self.plural, self.name),
             None => format!("{base}/{}/{}", self.plural, self.name),

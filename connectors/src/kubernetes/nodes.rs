@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
 use super::api::{is_not_found, is_too_many_requests, Verb};
-use super::pods::{evict, Disruption};
+use super::pods::{evict, grace_seconds, Disruption};
 use super::target::{PodRef, PodTarget};
 use super::Ctx;
 use crate::{Args, ConnectorError, Output};
@@ -74,17 +74,9 @@ pub(crate) async fn cordon(
 
 /// The revert of `cordon_node` and `drain_node`.
 pub(crate) async fn uncordon_undo(cx: &Ctx<'_>, undo: &Value) -> Result<Output, ConnectorError> {
-    let node = undo.get("node").and_then(Value::as_str).unwrap_or("");
-    let changed = set_unschedulable(cx, "uncordon_node", node, false).await?;
-    Ok(Output {
-        output: json!({
-            "node": node,
-            "changed": changed,
-            "message": if changed { format!("uncordon node `{node}`") }
-                       else { format!("node `{node}` is not cordoned") },
-        }),
-        undo: None,
-    })
+    let node = undo.get("node").cloned().unwrap_or(Value::Null);
+    let args: Args = [("node".to_owned(), node)].into_iter().collect();
+    cordon(cx, "uncordon_node", &args, false).await
 }
 
 /// Why a pod on a drained node stays, if it does (as `kubectl drain` skips them, plus the
@@ -114,14 +106,7 @@ pub(crate) async fn drain(
     args: &Args,
 ) -> Result<Output, ConnectorError> {
     let node = node_arg(args);
-    let grace = match args.get("grace").and_then(Value::as_str) {
-        None => None,
-        Some(s) => Some(
-            humantime::parse_duration(s)
-                .map_err(|e| ConnectorError::invalid(action, format!("`grace`: {e}")))?
-                .as_secs(),
-        ),
-    };
+    let grace = grace_seconds(action, args)?;
     let timeout = match args.get("timeout").and_then(Value::as_str) {
         None => Duration::from_secs(120),
         Some(s) => humantime::parse_duration(s)

@@ -127,7 +127,7 @@ impl Disruption {
     }
 }
 
-fn grace_seconds(action: &str, args: &Args) -> Result<Option<u64>, ConnectorError> {
+pub(crate) fn grace_seconds(action: &str, args: &Args) -> Result<Option<u64>, ConnectorError> {
     match args.get("grace").and_then(Value::as_str) {
         None => Ok(None),
         Some(s) => humantime::parse_duration(s)

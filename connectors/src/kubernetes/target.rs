@@ -6,9 +6,9 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use serde_json::{json, Map, Value};
 
-use super::api::{check_name, is_not_found, Verb};
+use super::api::{api_base, check_name, is_not_found, Verb};
 use super::Ctx;
-use crate::guard::looks_secret;
+use crate::guard::{label_key, looks_secret};
 use crate::{Args, ConnectorError, Protection, Subject};
 
 /// A pod by namespace and name, both checked as object names.
@@ -120,11 +120,7 @@ impl Kind {
     }
 
     pub(crate) fn path(&self, namespace: &str, name: &str) -> String {
-        let base = if self.api_version.contains('/') {
-            format!("/apis/{}", self.api_version)
-        } else {
-            format!("/api/{}", self.api_version)
-        };
+        let base = api_base(&self.api_version);
         format!("{base}/namespaces/{namespace}/{}/{name}", self.plural)
     }
 
@@ -545,16 +541,7 @@ pub(crate) fn key_values(
     }
     let mut out = Map::new();
     for (k, v) in m {
-        let ok_key = !k.is_empty()
-            && k.len() <= 317
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if !ok_key {
-            return Err(ConnectorError::invalid(
-                action,
-                format!("`{k}` is not a valid key"),
-            ));
-        }
+        label_key(k).map_err(|e| ConnectorError::invalid(action, e))?;
         let v = match v {
             Value::Null => Value::Null,
             Value::String(s) => json!(s),
