@@ -844,3 +844,172 @@ async fn a_falco_event_in_a_pod_isolates_that_pod_and_revert_releases_it() {
         "{p}"
     );
 }
+
+/// A shipped fixture with names replaced by those of the seeded estate.
+fn fixture(name: &str, replace: &[(&str, &str)]) -> Vec<u8> {
+    let path = riposte_tests::repo_root()
+        .join("playbooks/fixtures")
+        .join(name);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (from, to) in replace {
+        assert!(text.contains(from), "{name} has no `{from}`");
+        text = text.replace(from, to);
+    }
+    text.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_kubernetes_playbooks_contain_pods_nodes_and_workloads() {
+    use riposte::audit::RecordKind;
+    use riposte_tests::{publish, wait_for, write, Engine, NatsServer};
+    use std::time::Duration;
+    let k = KubeApi::start();
+    Estate::seed(&k, 1).await;
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let token = work.path().join("riposte-token");
+    std::fs::write(&token, &k.riposte_token).unwrap();
+    let cfg = work.path().join("riposte.yaml");
+    write(
+        &cfg,
+        &format!(
+            "connectors:\n  kubernetes:\n    type: kubernetes\n    url: {}\n    ca_file: {}\n    token_file: {}\n",
+            k.url,
+            k.ca_pem.display(),
+            token.display(),
+        ),
+    );
+    let playbooks = riposte_tests::repo_root().join("playbooks");
+    let out = cli(&[
+        "rbac",
+        playbooks.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--name",
+        "riposte-printed",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let role: Value = serde_yaml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    k.grant_riposte("riposte-printed", role["rules"].clone())
+        .await;
+    let _engine = Engine::start(&nats.url, &playbooks, Some(&cfg), work.path());
+    let client = nats.client().await;
+    publish(
+        &client,
+        "falco.critical.shell",
+        &[
+            fixture(
+                "falco-shell-in-container.json",
+                &[
+                    ("\"k8s.ns.name\":\"default\"", "\"k8s.ns.name\":\"shop\""),
+                    ("kubecon", "web-5d4f8-a"),
+                ],
+            ),
+            fixture(
+                "falco-read-sensitive-file-host.json",
+                &[("\"hostname\":\"x86\"", "\"hostname\":\"node-1\"")],
+            ),
+        ],
+    )
+    .await;
+    publish(
+        &client,
+        "riposte.in.k8s-audit",
+        &[
+            fixture(
+                "k8s-audit-create-privileged-pod.json",
+                &[
+                    ("nginx-deployment-5cdcc99dbf-rgw6z", "web-5d4f8-b"),
+                    ("nginx-deployment-5cdcc99dbf", "web-5d4f8"),
+                    ("\"namespace\":\"default\"", "\"namespace\":\"shop\""),
+                    ("/namespaces/default/", "/namespaces/shop/"),
+                ],
+            ),
+            fixture(
+                "k8s-audit-exec-pod.json",
+                &[
+                    ("nginx-deployment-7998647bdf-phvq7", "web-5d4f8-c"),
+                    ("\"namespace\":\"default\"", "\"namespace\":\"shop\""),
+                    ("/namespaces/default/", "/namespaces/shop/"),
+                ],
+            ),
+        ],
+    )
+    .await;
+    let records = wait_for(
+        &nats.url,
+        Duration::from_secs(60),
+        "the three playbooks",
+        |r| {
+            let run_of = |p: &str| {
+                r.iter()
+                    .any(|x| x.record == RecordKind::Run && x.playbook.as_deref() == Some(p))
+            };
+            run_of("pod-shell-or-miner")
+                && run_of("node-compromise")
+                && run_of("privileged-pod")
+                && run_of("exec-into-pod")
+        },
+    );
+
+    // pod-shell-or-miner: isolated, labelled and announced (its logs need a kubelet).
+    for step in ["contain", "mark", "announce"] {
+        let s = record(&records, "pod-shell-or-miner", step);
+        assert_eq!(s.outcome, "ok", "{s:#?}");
+    }
+    let np =
+        "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/riposte-isolate-web-5d4f8-a";
+    assert_eq!(get(&k, np).await.0, 200);
+    let isolate = record(&records, "pod-shell-or-miner", "contain");
+    assert!(
+        isolate.revert.as_ref().unwrap()["due"].is_string(),
+        "revert_after is scheduled"
+    );
+
+    // node-compromise: the node Falco names is cordoned and announced.
+    for step in ["cordon", "announce"] {
+        let s = record(&records, "node-compromise", step);
+        assert_eq!(s.outcome, "ok", "{s:#?}");
+    }
+    let (_, n) = get(&k, "/api/v1/nodes/node-1").await;
+    assert_eq!(n["spec"]["unschedulable"], true);
+
+    // exec-into-pod: the pod carries who exec'd into it, and an event says so.
+    for step in ["mark", "announce"] {
+        let s = record(&records, "exec-into-pod", step);
+        assert_eq!(s.outcome, "ok", "{s:#?}");
+    }
+    let (_, p) = get(&k, "/api/v1/namespaces/shop/pods/web-5d4f8-c").await;
+    assert_eq!(
+        p["metadata"]["annotations"]["riposte.io/exec-user"], "minikube-user",
+        "{p}"
+    );
+
+    // privileged-pod: announced, and the scale-down waits for an approver.
+    let contain = record(&records, "privileged-pod", "contain");
+    assert_eq!(contain.outcome, "awaiting_approval", "{contain:#?}");
+    let run = contain.run_id.clone().unwrap();
+    let (_, d) = get(&k, "/apis/apps/v1/namespaces/shop/deployments/web").await;
+    assert_eq!(d["spec"]["replicas"], 3, "nothing before the approval");
+    let out = cli(&[
+        "approve",
+        &run,
+        "contain",
+        "--as",
+        "soc-oncall",
+        "--nats",
+        &nats.url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, d) = get(&k, "/apis/apps/v1/namespaces/shop/deployments/web").await;
+    assert_eq!(d["spec"]["replicas"], 0, "scaled to zero once approved");
+}
