@@ -26,8 +26,8 @@ fn args(v: Value) -> Args {
     v.as_object().cloned().unwrap()
 }
 
-/// Binds the `riposte` user to exactly what `riposte rbac` prints.
-async fn grant_printed_role(k: &KubeApi, extra: &[&str]) {
+/// Binds the `riposte` user to exactly what `riposte rbac` prints, and returns what it printed.
+async fn grant_printed_role(k: &KubeApi, extra: &[&str]) -> String {
     let mut argv = vec!["rbac", "--name", "riposte-printed"];
     argv.extend_from_slice(extra);
     let out = cli(&argv);
@@ -41,6 +41,26 @@ async fn grant_printed_role(k: &KubeApi, extra: &[&str]) {
     assert_eq!(role["kind"], "ClusterRole", "{yaml}");
     k.grant_riposte("riposte-printed", role["rules"].clone())
         .await;
+    yaml
+}
+
+/// An engine config whose `kubernetes` instance reaches the server with the `riposte` token,
+/// from a file in `work`.
+fn engine_config(k: &KubeApi, work: &Path) -> std::path::PathBuf {
+    let token = work.join("riposte-token");
+    std::fs::write(&token, &k.riposte_token).unwrap();
+    let cfg = work.join("riposte.yaml");
+    riposte_tests::write(
+        &cfg,
+        &format!(
+            "connectors:\n  kubernetes:\n    type: kubernetes\n    url: {}\n    ca_file: {}\n    token_file: {}\n    evidence_dir: {}\n",
+            k.url,
+            k.ca_pem.display(),
+            token.display(),
+            work.join("evidence").display()
+        ),
+    );
+    cfg
 }
 
 fn protection() -> Protection {
@@ -643,20 +663,11 @@ async fn a_falco_event_in_a_pod_isolates_that_pod_and_revert_releases_it() {
     Estate::seed(&k, 1).await;
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
-    let token = work.path().join("riposte-token");
-    std::fs::write(&token, &k.riposte_token).unwrap();
-    let cfg = work.path().join("riposte.yaml");
-    write(
-        &cfg,
-        &format!(
-            "connectors:\n  kubernetes:\n    type: kubernetes\n    url: {}\n    ca_file: {}\n    token_file: {}\n    evidence_dir: {}\n",
-            k.url,
-            k.ca_pem.display(),
-            token.display(),
-            work.path().join("evidence").display()
-        ),
-    );
+    let cfg = engine_config(&k, work.path());
     let pb = work.path().join("pb");
+    let isolate_only = format!(
+        "    - id: isolate\n      action: kubernetes.isolate_pod\n      with: {{ {POD_ARGS} }}\n"
+    );
     // The condition reads the enrichment, so the event is enriched before it is matched.
     write(
         &pb.join("contain.yaml"),
@@ -681,39 +692,18 @@ async fn a_falco_event_in_a_pod_isolates_that_pod_and_revert_releases_it() {
     );
     write(
         &pb.join("plan.yaml"),
-        &pod_playbook(
-            "plan-pod",
-            "Shell planned",
-            "dry-run",
-            "",
-            &format!("    - id: isolate\n      action: kubernetes.isolate_pod\n      with: {{ {POD_ARGS} }}\n"),
-        ),
+        &pod_playbook("plan-pod", "Shell planned", "dry-run", "", &isolate_only),
     );
     write(
         &pb.join("guarded.yaml"),
-        &pod_playbook(
-            "guarded-pod",
-            "Shell guarded",
-            "enforce",
-            "",
-            &format!("    - id: isolate\n      action: kubernetes.isolate_pod\n      with: {{ {POD_ARGS} }}\n"),
-        ),
+        &pod_playbook("guarded-pod", "Shell guarded", "enforce", "", &isolate_only),
     );
     // The engine's user gets exactly what `riposte rbac` prints for these playbooks.
-    let out = cli(&[
-        "rbac",
-        pb.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--name",
-        "riposte-printed",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    let yaml = grant_printed_role(
+        &k,
+        &[pb.to_str().unwrap(), "--config", cfg.to_str().unwrap()],
+    )
+    .await;
     assert!(
         yaml.contains("kubernetes actions: event, isolate_pod, label"),
         "{yaml}"
@@ -722,9 +712,6 @@ async fn a_falco_event_in_a_pod_isolates_that_pod_and_revert_releases_it() {
         !yaml.contains("pods/eviction"),
         "only what the playbooks use: {yaml}"
     );
-    let role: Value = serde_yaml::from_str(&yaml).unwrap();
-    k.grant_riposte("riposte-printed", role["rules"].clone())
-        .await;
 
     let _engine = Engine::start(&nats.url, &pb, Some(&cfg), work.path());
     let client = nats.client().await;
@@ -861,41 +848,23 @@ fn fixture(name: &str, replace: &[(&str, &str)]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shipped_kubernetes_playbooks_contain_pods_nodes_and_workloads() {
     use riposte::audit::RecordKind;
-    use riposte_tests::{publish, wait_for, write, Engine, NatsServer};
+    use riposte_tests::{publish, wait_for, Engine, NatsServer};
     use std::time::Duration;
     let k = KubeApi::start();
     Estate::seed(&k, 1).await;
     let nats = NatsServer::start();
     let work = tempfile::tempdir().unwrap();
-    let token = work.path().join("riposte-token");
-    std::fs::write(&token, &k.riposte_token).unwrap();
-    let cfg = work.path().join("riposte.yaml");
-    write(
-        &cfg,
-        &format!(
-            "connectors:\n  kubernetes:\n    type: kubernetes\n    url: {}\n    ca_file: {}\n    token_file: {}\n",
-            k.url,
-            k.ca_pem.display(),
-            token.display(),
-        ),
-    );
+    let cfg = engine_config(&k, work.path());
     let playbooks = riposte_tests::repo_root().join("playbooks");
-    let out = cli(&[
-        "rbac",
-        playbooks.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--name",
-        "riposte-printed",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let role: Value = serde_yaml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
-    k.grant_riposte("riposte-printed", role["rules"].clone())
-        .await;
+    grant_printed_role(
+        &k,
+        &[
+            playbooks.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    )
+    .await;
     let _engine = Engine::start(&nats.url, &playbooks, Some(&cfg), work.path());
     let client = nats.client().await;
     publish(
