@@ -265,13 +265,12 @@ async fn scalable(
             .kube
             .call(Verb::Get, &kind.path(ns, &name), None, false, &what)
             .await?;
-        cx.guards.labels(
-            &format!("{} `{ns}/{name}`", kind.kind.to_ascii_lowercase()),
-            &string_map(object.pointer("/metadata/labels")),
-        )?;
-        if let Some((labels, _)) = cx.namespace_meta(ns).await {
-            cx.guards.labels(&format!("namespace `{ns}`"), &labels)?;
-        }
+        let what = format!("{} `{ns}/{name}`", kind.kind.to_ascii_lowercase());
+        cx.guard_in(
+            ns,
+            &[(what, string_map(object.pointer("/metadata/labels")))],
+        )
+        .await?;
         return Ok((kind, ns.to_owned(), name));
     }
     let r = PodRef::from_args(action, args)?;

@@ -29,8 +29,8 @@ fn text<'a>(args: &'a Args, key: &str) -> &'a str {
 }
 
 impl PodRef {
-    pub(crate) fn from_args(action: &str, args: &Args) -> Result<PodRef, ConnectorError> {
-        let (namespace, name) = (text(args, "namespace"), text(args, "pod"));
+    /// A pod whose namespace and name are both object names.
+    fn checked(action: &str, namespace: &str, name: &str) -> Result<PodRef, ConnectorError> {
         check_name(action, "namespace", namespace)?;
         check_name(action, "pod", name)?;
         Ok(PodRef {
@@ -39,25 +39,17 @@ impl PodRef {
         })
     }
 
+    pub(crate) fn from_args(action: &str, args: &Args) -> Result<PodRef, ConnectorError> {
+        PodRef::checked(action, text(args, "namespace"), text(args, "pod"))
+    }
+
     pub(crate) fn from_undo(undo: &Value) -> Result<PodRef, ConnectorError> {
         let get = |k: &str| undo.get(k).and_then(Value::as_str).unwrap_or("");
-        let (namespace, name) = (get("namespace"), get("pod"));
-        check_name("revert", "namespace", namespace)?;
-        check_name("revert", "pod", name)?;
-        Ok(PodRef {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })
+        PodRef::checked("revert", get("namespace"), get("pod"))
     }
 
     pub(crate) fn from_subject(s: &Subject) -> Option<PodRef> {
-        let (namespace, name) = (s.namespace.as_deref()?, s.pod.as_deref()?);
-        (check_name("enrich", "namespace", namespace).is_ok()
-            && check_name("enrich", "pod", name).is_ok())
-        .then(|| PodRef {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })
+        PodRef::checked("enrich", s.namespace.as_deref()?, s.pod.as_deref()?).ok()
     }
 
     pub(crate) fn path(&self) -> String {
@@ -483,15 +475,26 @@ impl Ctx<'_> {
     /// Refuses a pod in a protected namespace, or whose labels, workload labels or namespace
     /// labels are protected.
     pub(crate) async fn guard_pod(&self, t: &PodTarget) -> Result<(), ConnectorError> {
-        self.guards.namespace(&t.r.namespace)?;
-        self.guards.labels(&format!("pod `{}`", t.r), &t.labels())?;
+        let mut objects = vec![(format!("pod `{}`", t.r), t.labels())];
         if let Some(w) = &t.workload {
-            self.guards
-                .labels(&w.display(&t.r.namespace), &w.labels())?;
+            objects.push((w.display(&t.r.namespace), w.labels()));
         }
-        if let Some((labels, _)) = self.namespace_meta(&t.r.namespace).await {
-            self.guards
-                .labels(&format!("namespace `{}`", t.r.namespace), &labels)?;
+        self.guard_in(&t.r.namespace, &objects).await
+    }
+
+    /// Refuses objects of namespace `ns` when the namespace is protected, or when their labels
+    /// (`what` → labels) or the namespace's labels are.
+    pub(crate) async fn guard_in(
+        &self,
+        ns: &str,
+        objects: &[(String, BTreeMap<String, String>)],
+    ) -> Result<(), ConnectorError> {
+        self.guards.namespace(ns)?;
+        for (what, labels) in objects {
+            self.guards.labels(what, labels)?;
+        }
+        if let Some((labels, _)) = self.namespace_meta(ns).await {
+            self.guards.labels(&format!("namespace `{ns}`"), &labels)?;
         }
         Ok(())
     }
