@@ -120,6 +120,15 @@ async fn next_payload(sub: &mut async_nats::Subscriber) -> Value {
     serde_json::from_slice(&msg.payload).unwrap()
 }
 
+/// Subscribes to what the approved step publishes (`derived.contain`), then sends a shell alert
+/// about `container`.
+async fn alert(client: &async_nats::Client, uuid: &str, container: &str) -> async_nats::Subscriber {
+    let contained = client.subscribe("derived.contain").await.unwrap();
+    client.flush().await.unwrap();
+    publish(client, SUBJECT, &[shell_alert(uuid, container)]).await;
+    contained
+}
+
 fn setup(playbooks: &[(&str, String)]) -> tempfile::TempDir {
     let work = tempfile::tempdir().unwrap();
     for (name, text) in playbooks {
@@ -134,10 +143,8 @@ async fn approving_with_the_cli_runs_the_step_and_the_rest_and_names_the_approve
     let work = setup(&[("p", playbook("contain-after-approval", "10m", "deny"))]);
     let engine = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
     let client = nats.client().await;
-    let mut contained = client.subscribe("derived.contain").await.unwrap();
     let mut after = client.subscribe("derived.after").await.unwrap();
-    client.flush().await.unwrap();
-    publish(&client, SUBJECT, &[shell_alert("evt-1", "c0ffee")]).await;
+    let mut contained = alert(&client, "evt-1", "c0ffee").await;
 
     let run = wait_for_request(&nats.url, "contain-after-approval");
     let records = audit_records(&nats.url);
@@ -250,10 +257,8 @@ async fn a_denied_step_is_skipped_and_the_later_steps_and_the_notification_run()
     let work = setup(&[("p", playbook("contain-after-approval", "10m", "approve"))]);
     let _engine = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
     let client = nats.client().await;
-    let mut contained = client.subscribe("derived.contain").await.unwrap();
     let mut after = client.subscribe("derived.after").await.unwrap();
-    client.flush().await.unwrap();
-    publish(&client, SUBJECT, &[shell_alert("evt-2", "beef")]).await;
+    let mut contained = alert(&client, "evt-2", "beef").await;
     let run = wait_for_request(&nats.url, "contain-after-approval");
 
     let denied = cli(&[
@@ -301,9 +306,7 @@ async fn a_timeout_denies_or_approves_as_on_timeout_says() {
     ]);
     let _engine = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
     let client = nats.client().await;
-    let mut contained = client.subscribe("derived.contain").await.unwrap();
-    client.flush().await.unwrap();
-    publish(&client, SUBJECT, &[shell_alert("evt-3", "f00d")]).await;
+    let mut contained = alert(&client, "evt-3", "f00d").await;
     let denied = wait_for_request(&nats.url, "times-out-denied");
     let approved = wait_for_request(&nats.url, "times-out-approved");
 
@@ -346,9 +349,7 @@ async fn a_wait_survives_a_killed_engine_and_a_fresh_engine_resumes_the_run() {
     let pb = work.path().join("pb");
     let mut first = Engine::start(&nats.url, &pb, None, work.path());
     let client = nats.client().await;
-    let mut contained = client.subscribe("derived.contain").await.unwrap();
-    client.flush().await.unwrap();
-    publish(&client, SUBJECT, &[shell_alert("evt-4", "cafe")]).await;
+    let mut contained = alert(&client, "evt-4", "cafe").await;
     let run = wait_for_request(&nats.url, "contain-after-approval");
     first.kill_hard();
 
@@ -412,9 +413,7 @@ async fn the_gateway_lists_and_decides_approvals_for_the_senders_allowed_to() {
         work.path(),
     );
     let client = nats.client().await;
-    let mut contained = client.subscribe("derived.contain").await.unwrap();
-    client.flush().await.unwrap();
-    publish(&client, SUBJECT, &[shell_alert("evt-5", "d00d")]).await;
+    let mut contained = alert(&client, "evt-5", "d00d").await;
     let run = wait_for_request(&nats.url, "contain-after-approval");
 
     let http = reqwest::Client::new();
