@@ -20,6 +20,7 @@
 //! in real ones on test servers.
 
 pub mod alertmanager;
+pub mod context;
 pub mod docker;
 pub mod email;
 mod evidence;
@@ -32,6 +33,7 @@ pub mod nats;
 pub mod notice;
 pub mod opsgenie;
 pub mod pagerduty;
+pub mod revocation;
 pub mod slack;
 pub mod spec;
 pub mod webhook;
@@ -167,6 +169,8 @@ pub struct Deps {
     pub data_dir: PathBuf,
     /// What destructive actions may never touch.
     pub protect: Protection,
+    /// The revocation list, for the `registry` connector (none outside an engine).
+    pub revocations: Option<revocation::RevocationList>,
 }
 
 /// Why a connector instance could not be built.

@@ -298,6 +298,9 @@ impl Processor {
             severity: None,
             title: None,
             bytes: payload.len(),
+            image: None,
+            digest: None,
+            findings: None,
         };
         let Some(format) = format else {
             return self
@@ -392,6 +395,22 @@ impl Processor {
             summary.kind = Some(event.kind.as_str().to_owned());
             summary.severity = Some(event.severity.as_str().to_owned());
             summary.title = Some(event.title.clone());
+            let image = event.resource.image.as_ref();
+            summary.image = image.and_then(|i| i.r#ref.clone());
+            summary.digest = image.and_then(|i| i.digest.clone());
+            let scan = matches!(
+                event.kind,
+                crate::event::Kind::Vulnerability
+                    | crate::event::Kind::Secret
+                    | crate::event::Kind::Misconfiguration
+            );
+            summary.findings = scan.then(|| {
+                let mut counts = std::collections::BTreeMap::new();
+                for f in &event.findings {
+                    *counts.entry(f.severity.as_str().to_owned()).or_insert(0) += 1;
+                }
+                counts
+            });
             let outcome = if matched.is_empty() {
                 "no_match"
             } else {

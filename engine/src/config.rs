@@ -84,6 +84,64 @@ pub struct Config {
     /// How notifications are grouped into pages and their updates.
     #[serde(default)]
     pub notifications: NotificationsConfig,
+    /// Where the revocation list is enforced: the Kubernetes admission webhook and the Docker
+    /// AuthZ plugin.
+    #[serde(default)]
+    pub images: ImagesConfig,
+}
+
+/// Enforcement of the revocation list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// The Kubernetes validating admission webhook (AdmissionReview v1 over HTTPS).
+    #[serde(default)]
+    pub admission: Option<AdmissionConfig>,
+    /// The Docker Engine authorization plugin (on a Unix socket).
+    #[serde(default)]
+    pub authz: Option<AuthzConfig>,
+}
+
+/// What an enforcement point answers when it cannot decide (the revocation list is not read
+/// yet, or the request cannot be understood).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Undecided {
+    /// Let it through, and count it (`riposte_enforcement_undecided_total`). The default:
+    /// the engine being down must not stop a cluster.
+    #[default]
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// The admission webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Address to serve on, e.g. `0.0.0.0:8444`. The webhook path is `/v1/admission`.
+    pub listen: SocketAddr,
+    /// Its TLS certificate and key (the API server only calls webhooks over HTTPS).
+    pub tls: IngestTls,
+    /// When the engine cannot decide. A revoked image is always denied.
+    #[serde(default)]
+    pub on_undecided: Undecided,
+}
+
+/// The Docker AuthZ plugin.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzConfig {
+    /// The plugin's Unix socket; dockerd finds a plugin named `riposte` at
+    /// `/run/docker/plugins/riposte.sock` (start dockerd with `--authorization-plugin=riposte`).
+    pub socket: PathBuf,
+    /// The Docker daemon the plugin asks about local images (to learn their digests), e.g.
+    /// `unix:///var/run/docker.sock`. Default: the `docker` connector's default.
+    #[serde(default)]
+    pub docker_host: Option<String>,
+    /// When the engine cannot decide. A revoked image is always denied.
+    #[serde(default)]
+    pub on_undecided: Undecided,
 }
 
 /// How to reach NATS.

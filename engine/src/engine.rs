@@ -23,6 +23,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::embedded::{EmbeddedError, EmbeddedNats};
 use crate::grouping::{Flusher, GroupSettings, Groups};
+use crate::images::{AuditRecorder, Enforcement};
 use crate::ingest::{self, IngestError};
 use crate::matcher::Matcher;
 use crate::metrics::{self, Metrics};
@@ -192,12 +193,29 @@ async fn serve(
     let reverts = kv_state.reverts().clone();
     let approvals = kv_state.approvals().clone();
     let state: Arc<dyn StateStore> = Arc::new(kv_state);
+    let audit = AuditSink::JetStream {
+        js: Box::new(js.clone()),
+        subject: config.engine.names.audit_subject.clone(),
+    };
+    let images = Enforcement::start(
+        &js,
+        &config.engine.names.kv_prefix,
+        AuditRecorder {
+            audit: audit.clone(),
+            replica: replica.clone(),
+            clock: clock.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| EngineError::State(StateError(e.to_string())))?;
     let connectors = build_connectors(
         &config,
         &Deps {
             nats: Some(client.clone()),
             data_dir: config.engine.data_dir.clone(),
             protect: config.protect.protection(),
+            revocations: Some(images.list.clone()),
         },
     )?;
     let metrics = Arc::new(Metrics::new());
@@ -230,10 +248,6 @@ async fn serve(
         metrics.clone(),
         runner_settings(&config, false),
     );
-    let audit = AuditSink::JetStream {
-        js: Box::new(js.clone()),
-        subject: config.engine.names.audit_subject.clone(),
-    };
     let n = &config.notifications;
     let mut flushing = None;
     let runner = if n.group_by.is_empty() {

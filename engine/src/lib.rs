@@ -17,6 +17,8 @@
 //! - [`revert`]: undos of reversible steps, on schedule (`revert_after`) or on request.
 //! - [`approval`]: steps that wait for a human decision, and the runs resumed after it.
 //! - [`grouping`]: notifications grouped into one page and its updates (noise control).
+//! - [`images`]: the revocation list's enforcement: the Kubernetes admission webhook, the
+//!   Docker AuthZ plugin, `riposte images`, and the compliance report.
 //! - [`audit`]: audit records, how they are stored and read back.
 //! - [`bus`]: streams, the shared consumer, dead letters, the life of one message.
 //! - [`ingest`]: the authenticated HTTP gateway that turns webhooks into bus messages.
@@ -40,6 +42,7 @@ pub mod engine;
 pub mod event;
 pub mod formats;
 pub mod grouping;
+pub mod images;
 pub mod ingest;
 pub mod matcher;
 pub mod metrics;

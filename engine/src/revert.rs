@@ -227,14 +227,26 @@ impl Scheduler {
                 "connector instance `{}` is not configured on this engine",
                 p.instance
             ))),
-            Some(c) => tokio::time::timeout(self.timeout, c.revert(&p.action, &p.undo))
+            Some(c) => {
+                let ctx = riposte_connectors::context::RunContext {
+                    run_id: Some(p.run_id.clone()),
+                    playbook: Some(p.playbook.clone()),
+                    event_id: Some(p.event_id.clone()),
+                    step: Some(p.step.clone()),
+                    by: p.requested_by.clone(),
+                };
+                riposte_connectors::context::scope(
+                    ctx,
+                    tokio::time::timeout(self.timeout, c.revert(&p.action, &p.undo)),
+                )
                 .await
                 .unwrap_or_else(|_| {
                     Err(ConnectorError::Transient(format!(
                         "timed out after {}",
                         humantime::format_duration(self.timeout)
                     )))
-                }),
+                })
+            }
         };
         let now = self.clock.now();
         let mut rec = AuditRecord::new(RecordKind::Revert, "ok", now, &self.replica);

@@ -54,6 +54,12 @@ pub enum RecordKind {
     /// A decision on a step that waited for approval: `approved`, `denied` or `timed_out`
     /// (`approval` says who decided, when and why).
     Approval,
+    /// The revocation list changed: `revoked` or `reinstated` (`output` is the entry after
+    /// the change, `reason` why).
+    Revocation,
+    /// An enforcement point refused something: `denied` (`action` is `admission` or `authz`,
+    /// `reason` the revocation, `output` the image, object and user).
+    Enforcement,
 }
 
 impl RecordKind {
@@ -72,6 +78,8 @@ impl RecordKind {
             RecordKind::Run => "run",
             RecordKind::Revert => "revert",
             RecordKind::Approval => "approval",
+            RecordKind::Revocation => "revocation",
+            RecordKind::Enforcement => "enforcement",
         }
     }
 }
@@ -159,6 +167,15 @@ pub struct EventSummary {
     pub title: Option<String>,
     /// Payload size in bytes.
     pub bytes: usize,
+    /// The image a scanner event is about (its reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// That image's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// A scanner event's findings, counted by severity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 impl AuditRecord {

@@ -618,7 +618,18 @@ impl Runner {
             rec.args = r.args.clone();
             audit.publish_now(run.run_id, rec).await?;
         }
-        let (result, attempts, retried) = self.attempt(connector.as_ref(), step, &args).await;
+        let ctx = riposte_connectors::context::RunContext {
+            run_id: Some(run.run_id.to_owned()),
+            playbook: Some(run.pb.name.clone()),
+            event_id: Some(run.view.event.id.clone()),
+            step: Some(step.id.clone()),
+            by: run
+                .approved_here(step)
+                .and_then(|d| d.get("by").and_then(Value::as_str).map(str::to_owned)),
+        };
+        let (result, attempts, retried) =
+            riposte_connectors::context::scope(ctx, self.attempt(connector.as_ref(), step, &args))
+                .await;
         for (n, why) in retried {
             let mut rec = self.record(RecordKind::Attempt, "retrying", run);
             rec.step = Some(step.id.clone());
