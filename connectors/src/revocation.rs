@@ -31,7 +31,20 @@ use thiserror::Error;
 /// Docker Hub's canonical domain.
 const DOCKER_HUB: &str = "docker.io";
 /// How often a compare-and-set change is retried when another writer got there first.
-const CAS_TRIES: usize = 8;
+const CAS_TRIES: u32 = 40;
+
+/// A short, jittered pause before compare-and-set attempt `n`, so writers racing on one entry
+/// spread out instead of colliding again.
+async fn contend(n: u32) {
+    if n == 0 {
+        return;
+    }
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1000);
+    let micros = 200 * u64::from(n.min(20)) + u64::from(jitter) * u64::from(n.min(20));
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+}
 
 /// An image reference, normalized.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -408,7 +421,8 @@ impl RevocationList {
         let key = entry.key().ok_or_else(|| {
             ListError::Invalid("a revocation needs an image digest or reference".to_owned())
         })?;
-        for _ in 0..CAS_TRIES {
+        for n in 0..CAS_TRIES {
+            contend(n).await;
             let current = self.get_key(&key).await?;
             let (next, already) = match &current {
                 Some((old, _)) if old.state == State::Revoked => {
@@ -468,7 +482,8 @@ impl RevocationList {
         image: &ImageRef,
         decision: Decision,
     ) -> Result<Option<Change>, ListError> {
-        for _ in 0..CAS_TRIES {
+        for n in 0..CAS_TRIES {
+            contend(n).await;
             let Some((mut entry, rev)) = self.find(image).await? else {
                 return Ok(None);
             };
