@@ -7,7 +7,8 @@
 //!   mapping of daemon errors to transient or permanent failures, the short-lived inspect cache,
 //!   and target resolution with its guards;
 //! - `network`: `quarantine` and `release`;
-//! - `evidence`: `snapshot`.
+//! - `evidence`: `snapshot`;
+//! - `find`: `find_by_image`, the containers that run an image.
 //!
 //! A target is a full container id, the 12-character prefix runtime agents report, or a name.
 //! Every action resolves it first (one inspect, cached briefly and shared with enrichment) and
@@ -17,6 +18,7 @@
 
 mod daemon;
 mod evidence;
+mod find;
 mod network;
 
 use std::path::PathBuf;
@@ -188,6 +190,47 @@ pub const ACTIONS: &[ActionSpec] = &[
         reversible: false,
         message_param: None,
     },
+    ActionSpec {
+        name: "find_by_image",
+        description: "The containers that run an image, by normalized reference, by image id \
+                      or by digest (in the reference or the image's RepoDigests): \
+                      `{count, containers: [{containerId, containerName, image, imageId, \
+                      state, title, ...}]}`, flat keys so that publishing the list to the \
+                      `generic` format gives one event per container. Read-only.",
+        params: &[
+            ParamSpec {
+                name: "image",
+                ty: ParamType::String,
+                required: true,
+                description: "The image: a reference (`registry/repository:tag`, \
+                              `...@sha256:<hex>`) or an image id `sha256:<hex>`.",
+            },
+            ParamSpec {
+                name: "digest",
+                ty: ParamType::String,
+                required: false,
+                description: "Its manifest digest `sha256:<hex>`, when known: containers whose \
+                              image carries it match too.",
+            },
+            ParamSpec {
+                name: "all",
+                ty: ParamType::Bool,
+                required: false,
+                description: "Include stopped containers (default false: running and paused \
+                              ones).",
+            },
+            ParamSpec {
+                name: "reason",
+                ty: ParamType::String,
+                required: false,
+                description: "Why the image is revoked; copied into each element (`reason`, \
+                              `summary`).",
+            },
+        ],
+        destructive: false,
+        reversible: false,
+        message_param: None,
+    },
 ];
 
 const SETTINGS: &[&str] = &[
@@ -293,6 +336,9 @@ impl DockerConnector {
 
     async fn run_action(&self, action: &str, args: &Args) -> Result<Output, ConnectorError> {
         match action {
+            "find_by_image" => {
+                find::find(&self.daemon, &find::Wanted::from_args(action, args)?).await
+            }
             "inspect" => {
                 let t = self.target(action, args).await?;
                 Ok(Output {
@@ -438,6 +484,11 @@ impl Connector for DockerConnector {
     }
 
     fn describe(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
+        if action == "find_by_image" {
+            return Ok(Plan {
+                description: find::Wanted::from_args(action, args)?.describe(),
+            });
+        }
         let who = format!("`{}`", container_arg(action, args)?);
         Ok(Plan {
             description: describe_on(action, args, &who)?,
@@ -446,6 +497,33 @@ impl Connector for DockerConnector {
 
     async fn plan(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
         Self::spec(action)?;
+        if action == "find_by_image" {
+            // Read-only: the plan looks.
+            let wanted = find::Wanted::from_args(action, args)?;
+            let out = find::find(&self.daemon, &wanted).await?;
+            let names: Vec<&str> = out
+                .output
+                .get("containers")
+                .and_then(Value::as_array)
+                .map(|cs| {
+                    cs.iter()
+                        .filter_map(|c| c.get("containerName").and_then(Value::as_str))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Ok(Plan {
+                description: format!(
+                    "{} (now {}{})",
+                    wanted.describe(),
+                    names.len(),
+                    if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", names.join(", "))
+                    }
+                ),
+            });
+        }
         let t = self.target(action, args).await?;
         let mut description = describe_on(action, args, &t.display())?;
         let state = daemon::state_word(&t.inspect);
@@ -533,7 +611,7 @@ mod tests {
     #[test]
     fn every_action_is_described_offline() {
         let c = connector(json!({})).unwrap();
-        for a in ACTIONS {
+        for a in ACTIONS.iter().filter(|a| a.name != "find_by_image") {
             let mut v = json!({ "container": "abc123abc123" });
             if a.name == "remove" {
                 v["confirm"] = json!(true);

@@ -13,6 +13,7 @@
 //!   `release_pod`, `logs`;
 //! - `nodes`: `cordon_node`, `uncordon_node`, `drain_node`;
 //! - `meta`: `label`, `annotate`, `scale_to_zero` / `restore_scale`, `event`;
+//! - `find`: `find_by_image`, the pods that run an image;
 //! - `rbac`: the verbs and resources each action needs, and the minimal ClusterRole.
 //!
 //! Every action is one or a few typed API calls; nothing runs `kubectl` or a shell. Plans
@@ -20,6 +21,7 @@
 //! reports is what the real API server (its RBAC, its admission) would have accepted.
 
 mod api;
+mod find;
 mod meta;
 mod nodes;
 mod pods;
@@ -398,6 +400,46 @@ pub const ACTIONS: &[ActionSpec] = &[
         reversible: false,
         message_param: None,
     },
+    ActionSpec {
+        name: "find_by_image",
+        description: "The pods whose containers or init containers run an image, by normalized \
+                      reference or by the digest their status `imageID` carries, in one \
+                      namespace or all: `{count, pods: [{pod, namespace, podUID, node, image, \
+                      workload, title, ...}]}`, flat keys so that publishing the list to the \
+                      `generic` format gives one event per pod. Read-only.",
+        params: &[
+            ParamSpec {
+                name: "image",
+                ty: ParamType::String,
+                required: true,
+                description: "The image: a reference (`registry/repository:tag`, \
+                              `...@sha256:<hex>`) or a digest `sha256:<hex>`.",
+            },
+            ParamSpec {
+                name: "digest",
+                ty: ParamType::String,
+                required: false,
+                description: "Its manifest digest `sha256:<hex>`, when known: pods that pulled \
+                              it match whatever tag they name.",
+            },
+            ParamSpec {
+                name: "namespace",
+                ty: ParamType::String,
+                required: false,
+                description: "Only this namespace (default: every namespace).",
+            },
+            ParamSpec {
+                name: "reason",
+                ty: ParamType::String,
+                required: false,
+                description: "Why the image is revoked; copied into each element (`reason`, \
+                              `summary`).",
+            },
+        ],
+        destructive: false,
+        reversible: false,
+        message_param: None,
+    },
 ];
 
 const SETTINGS: &[&str] = &[
@@ -606,6 +648,7 @@ impl KubernetesConnector {
             "scale_to_zero" => meta::scale_to_zero(&cx, action, args).await,
             "restore_scale" => meta::restore_scale(&cx, action, args).await,
             "event" => meta::event(&cx, action, args).await,
+            "find_by_image" => find::find(&cx, &find::Wanted::from_args(action, args)?).await,
             other => Err(ConnectorError::UnknownAction(other.to_owned())),
         }
     }
@@ -671,6 +714,7 @@ fn describe_args(action: &str, args: &Args) -> Result<String, ConnectorError> {
             s("reason"),
             object()
         ),
+        "find_by_image" => find::Wanted::from_args(action, args)?.describe(),
         other => return Err(ConnectorError::UnknownAction(other.to_owned())),
     })
 }
@@ -690,6 +734,32 @@ impl Connector for KubernetesConnector {
 
     async fn plan(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
         Self::spec(action)?;
+        if action == "find_by_image" {
+            // Read-only: the plan looks.
+            let wanted = find::Wanted::from_args(action, args)?;
+            let out = find::find(&self.ctx(false), &wanted).await?;
+            let pods: Vec<String> = out
+                .output
+                .get("pods")
+                .and_then(Value::as_array)
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
+                            format!("{}/{}", s("namespace"), s("pod"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let listed = if pods.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", pods.join(", "))
+            };
+            return Ok(Plan {
+                description: format!("{} (now {}{listed})", wanted.describe(), pods.len()),
+            });
+        }
         if matches!(action, "inspect_pod" | "logs") {
             // Reads only: the plan checks the pod is there.
             let pod = target::PodRef::from_args(action, args)?;

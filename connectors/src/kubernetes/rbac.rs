@@ -83,6 +83,8 @@ pub fn needs(action: &str) -> Option<&'static [Rule]> {
             rule!("", &["nodes"], &["get"]),
         ],
         "logs" => &[rule!("", &["pods/log"], &["get"])],
+        // Every namespace's pods, a page at a time; owners are read as for any pod.
+        "find_by_image" => &[rule!("", &["pods"], &["list"])],
         _ => return None,
     })
 }

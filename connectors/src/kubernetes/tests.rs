@@ -20,7 +20,7 @@ fn every_action_is_described_offline() {
     for a in ACTIONS {
         let v = json!({ "pod": "web-1", "namespace": "shop", "node": "n1", "labels": {"a": "b"},
                         "annotations": {"a": "b"}, "reason": "X", "message": "m",
-                        "workload": "deployment/web", "replicas": 2 });
+                        "workload": "deployment/web", "replicas": 2, "image": "registry.local/web:1" });
         let p = c.describe(a.name, &args(v)).unwrap();
         assert!(
             p.description.contains("web") || p.description.contains("n1"),
