@@ -11,7 +11,7 @@
 //! - [`http`]: settings with secrets from files, and the JSON POST notification connectors
 //!   share.
 //! - one module per connector, named after its type in `riposte.yaml`: [`docker`],
-//!   [`kubernetes`], [`log`], [`nats`]; the notification connectors [`pagerduty`], [`opsgenie`], [`slack`], [`msteams`],
+//!   [`kubernetes`], [`registry`], [`log`], [`nats`]; the notification connectors [`pagerduty`], [`opsgenie`], [`slack`], [`msteams`],
 //!   [`webhook`], [`alertmanager`], [`email`].
 //!
 //! Connectors know nothing of playbooks, the bus or the audit trail: the engine hands them
@@ -33,6 +33,7 @@ pub mod nats;
 pub mod notice;
 pub mod opsgenie;
 pub mod pagerduty;
+pub mod registry;
 pub mod revocation;
 pub mod slack;
 pub mod spec;
@@ -198,6 +199,9 @@ pub enum ConnectorKind {
     Docker,
     /// Isolates, evicts and labels pods, cordons and drains nodes through the Kubernetes API.
     Kubernetes,
+    /// Revokes images: the revocation list, and quarantine or delete through the OCI
+    /// distribution API.
+    Registry,
     /// PagerDuty Events API v2.
     PagerDuty,
     /// Opsgenie Alerts API.
@@ -216,11 +220,12 @@ pub enum ConnectorKind {
 
 impl ConnectorKind {
     /// Every connector type.
-    pub const ALL: [ConnectorKind; 11] = [
+    pub const ALL: [ConnectorKind; 12] = [
         ConnectorKind::Log,
         ConnectorKind::Nats,
         ConnectorKind::Docker,
         ConnectorKind::Kubernetes,
+        ConnectorKind::Registry,
         ConnectorKind::PagerDuty,
         ConnectorKind::Opsgenie,
         ConnectorKind::Slack,
@@ -237,6 +242,7 @@ impl ConnectorKind {
             ConnectorKind::Nats => "nats",
             ConnectorKind::Docker => "docker",
             ConnectorKind::Kubernetes => "kubernetes",
+            ConnectorKind::Registry => "registry",
             ConnectorKind::PagerDuty => "pagerduty",
             ConnectorKind::Opsgenie => "opsgenie",
             ConnectorKind::Slack => "slack",
@@ -259,6 +265,7 @@ impl ConnectorKind {
             ConnectorKind::Nats => nats::ACTIONS,
             ConnectorKind::Docker => docker::ACTIONS,
             ConnectorKind::Kubernetes => kubernetes::ACTIONS,
+            ConnectorKind::Registry => registry::ACTIONS,
             ConnectorKind::PagerDuty => pagerduty::ACTIONS,
             ConnectorKind::Opsgenie => opsgenie::ACTIONS,
             ConnectorKind::Slack => slack::ACTIONS,
@@ -275,7 +282,8 @@ impl ConnectorKind {
             ConnectorKind::Log
             | ConnectorKind::Nats
             | ConnectorKind::Docker
-            | ConnectorKind::Kubernetes => true,
+            | ConnectorKind::Kubernetes
+            | ConnectorKind::Registry => true,
             ConnectorKind::PagerDuty
             | ConnectorKind::Opsgenie
             | ConnectorKind::Slack
@@ -303,6 +311,9 @@ impl ConnectorKind {
                 instance, settings, deps,
             )?)),
             ConnectorKind::Kubernetes => Ok(Arc::new(kubernetes::KubernetesConnector::new(
+                instance, settings, deps,
+            )?)),
+            ConnectorKind::Registry => Ok(Arc::new(registry::RegistryConnector::new(
                 instance, settings, deps,
             )?)),
             ConnectorKind::PagerDuty => Ok(Arc::new(pagerduty::PagerDutyConnector::new(
