@@ -13,7 +13,8 @@
 //!   decisions that must take microseconds (admission, the Docker AuthZ plugin).
 //!
 //! Keys: `d.<sha256 hex>` for an entry with a digest, `r.<sha256 hex of the reference>` for
-//! one revoked by reference only.
+//! one revoked by reference only, and `a.<sha256 hex of the reference>` holding the digest of
+//! the entry that names that reference (so a tag finds its digest entry in two reads).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -261,6 +262,12 @@ pub fn key_for(digest: Option<&str>, reference: Option<&str>) -> Option<String> 
     }
 }
 
+/// The key of the alias that leads from a reference to the digest entry naming it: `a.<sha256
+/// hex of the reference>`. Aliases are plain digests, not entries.
+fn alias_key(reference: &str) -> String {
+    format!("a.{}", hex::encode(Sha256::digest(reference.as_bytes())))
+}
+
 /// One change of the list, for the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
@@ -294,6 +301,7 @@ pub enum ListError {
 #[derive(Clone)]
 pub struct RevocationList {
     kv: kv::Store,
+    js: async_nats::jetstream::Context,
     recorder: Option<Arc<dyn ChangeRecorder>>,
 }
 
@@ -334,7 +342,22 @@ impl RevocationList {
                 .await
                 .map_err(|e| store_err(&format!("cannot create bucket `{name}`"), e))?,
         };
-        Ok(RevocationList { kv, recorder })
+        Ok(RevocationList {
+            kv,
+            js: js.clone(),
+            recorder,
+        })
+    }
+
+    /// How many messages the bucket holds now (every revision of every key).
+    pub async fn stored(&self) -> Result<u64, ListError> {
+        let mut stream = self
+            .js
+            .get_stream(format!("KV_{}", self.kv.name))
+            .await
+            .map_err(|e| store_err("status", e))?;
+        let info = stream.info().await.map_err(|e| store_err("status", e))?;
+        Ok(info.state.messages)
     }
 
     /// The bucket, for watches.
@@ -368,31 +391,56 @@ impl RevocationList {
                 return Ok(Some(found));
             }
         }
-        // An entry stored by digest that also names this reference.
-        if image.tagged().is_some() {
-            for (r, rev) in self.all().await? {
-                if r.reference.is_some() && r.reference == image.tagged() {
-                    return Ok(Some((r, rev)));
+        // An entry stored by digest that also names this reference, through its alias.
+        if let Some(alias) = image.tagged().map(|r| alias_key(&r)) {
+            let entry = self
+                .kv
+                .entry(&alias)
+                .await
+                .map_err(|e| store_err("read", e))?;
+            let digest = entry
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| String::from_utf8(e.value.to_vec()).ok());
+            if let Some(k) = digest.and_then(|d| key_for(Some(&d), None)) {
+                if let Some((r, rev)) = self.get_key(&k).await? {
+                    if r.reference.is_some() && r.reference == image.tagged() {
+                        return Ok(Some((r, rev)));
+                    }
                 }
             }
         }
         Ok(None)
     }
 
-    /// Every entry with its revision, in key order.
+    /// Every entry with its revision, in key order: one pass over the bucket's latest values.
     pub async fn all(&self) -> Result<Vec<(Revocation, u64)>, ListError> {
-        let mut keys: Vec<String> = match self.kv.keys().await {
-            Ok(stream) => stream.filter_map(|k| async move { k.ok() }).collect().await,
-            Err(e) => return Err(store_err("list", e)),
-        };
-        keys.sort();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(e) = self.get_key(&k).await? {
-                out.push(e);
+        if self.stored().await? == 0 {
+            return Ok(Vec::new());
+        }
+        let mut watch = self
+            .kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| store_err("list", e))?;
+        let mut out = std::collections::BTreeMap::new();
+        loop {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+                .await
+                .map_err(|_| ListError::Store("list: no answer within 10 s".to_owned()))?;
+            let Some(entry) = next else { break };
+            let entry = entry.map_err(|e| store_err("list", e))?;
+            if entry.operation == kv::Operation::Put && !entry.key.starts_with("a.") {
+                if let Ok(r) = serde_json::from_slice::<Revocation>(&entry.value) {
+                    out.insert(entry.key.clone(), (r, entry.revision));
+                }
+            } else {
+                out.remove(&entry.key);
+            }
+            if entry.delta == 0 {
+                break;
             }
         }
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 
     /// Every revision of one entry, oldest first (the proof of what happened to an image).
@@ -459,6 +507,12 @@ impl RevocationList {
                 None => self.kv.create(&key, value).await.ok(),
             };
             if let Some(revision) = stored {
+                if let (Some(d), Some(r)) = (&next.digest, &next.reference) {
+                    self.kv
+                        .put(alias_key(r), Bytes::from(d.clone()))
+                        .await
+                        .map_err(|e| store_err("store the reference alias", e))?;
+                }
                 let change = Change {
                     op: "revoked",
                     entry: next,
@@ -646,13 +700,13 @@ impl RevocationIndex {
         list: &RevocationList,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<(), ListError> {
-        let kv = list.store();
-        let status = kv.status().await.map_err(|e| store_err("status", e))?;
-        let mut watch = kv
+        let empty = list.stored().await? == 0;
+        let mut watch = list
+            .store()
             .watch_with_history(">")
             .await
             .map_err(|e| store_err("watch", e))?;
-        if status.values() == 0 {
+        if empty {
             self.mark_ready();
         }
         loop {
