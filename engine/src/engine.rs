@@ -23,7 +23,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::embedded::{EmbeddedError, EmbeddedNats};
 use crate::grouping::{Flusher, GroupSettings, Groups};
-use crate::images::{AuditRecorder, Enforcement};
+use crate::images::{
+    admission, authz, AuditRecorder, Enforcement, EnforcementAudit, EnforcementError,
+};
 use crate::ingest::{self, IngestError};
 use crate::matcher::Matcher;
 use crate::metrics::{self, Metrics};
@@ -54,6 +56,9 @@ pub enum EngineError {
     /// The ingest gateway could not start.
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    /// The admission webhook or the AuthZ plugin could not start.
+    #[error(transparent)]
+    Enforcement(#[from] EnforcementError),
     /// The metrics endpoint could not listen.
     #[error("cannot serve metrics on {addr}: {reason}")]
     Metrics {
@@ -240,6 +245,40 @@ async fn serve(
         ),
         _ => None,
     };
+    // The enforcement points listen before the engine reports ready.
+    let mut enforcing = Vec::new();
+    if config.images.admission.is_some() || config.images.authz.is_some() {
+        let (enforcement_audit, writer) = EnforcementAudit::start(
+            audit.clone(),
+            replica.clone(),
+            clock.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        enforcing.push(writer);
+        if let Some(a) = &config.images.admission {
+            let served = admission::serve(
+                a,
+                images.index.clone(),
+                metrics.clone(),
+                enforcement_audit.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            enforcing.push(served.task);
+        }
+        if let Some(a) = &config.images.authz {
+            let served = authz::serve(
+                a,
+                images.index.clone(),
+                metrics.clone(),
+                enforcement_audit,
+                shutdown.clone(),
+            )
+            .await?;
+            enforcing.push(served.task);
+        }
+    }
     let runner = Runner::new(
         sandbox,
         connectors,
@@ -319,6 +358,11 @@ async fn serve(
     if let Some(task) = flushing {
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "notification flusher ended abnormally");
+        }
+    }
+    for task in enforcing {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "an enforcement point ended abnormally");
         }
     }
     if let Some(g) = gateway {

@@ -56,6 +56,21 @@ pub struct Metrics {
     pub ingest_invalid_payloads: Family<Labels, Counter>,
     /// Time the ingest gateway takes to answer a request, seconds.
     pub ingest_latency: Histogram,
+    /// Admission webhook answers, by decision (`allowed`, `denied`).
+    pub admission_decisions: Family<Labels, Counter>,
+    /// Docker AuthZ plugin answers to requests it checks, by decision (`allowed`, `denied`).
+    pub authz_decisions: Family<Labels, Counter>,
+    /// Requests an enforcement point could not decide and answered per `on_undecided`, by point
+    /// (`admission`, `authz`) and what was answered (`allowed`, `denied`).
+    pub enforcement_undecided: Family<Labels, Counter>,
+    /// Requests an enforcement point could not read, by point and reason.
+    pub enforcement_malformed: Family<Labels, Counter>,
+    /// Enforcement records that could not be written to the audit trail.
+    pub enforcement_audit_failures: Counter,
+    /// Time the admission webhook takes to decide (body read to answer), seconds.
+    pub admission_latency: Histogram,
+    /// Time the AuthZ plugin takes to decide, seconds (including asking the daemon for digests).
+    pub authz_latency: Histogram,
     ready: AtomicBool,
     run_counters: Vec<(&'static str, Counter)>,
     step_counters: Vec<(&'static str, Counter)>,
@@ -86,6 +101,14 @@ impl Metrics {
         let ingest_auth_failures = Family::<Labels, Counter>::default();
         let ingest_invalid_payloads = Family::<Labels, Counter>::default();
         let ingest_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
+        let admission_decisions = Family::<Labels, Counter>::default();
+        let authz_decisions = Family::<Labels, Counter>::default();
+        let enforcement_undecided = Family::<Labels, Counter>::default();
+        let enforcement_malformed = Family::<Labels, Counter>::default();
+        let enforcement_audit_failures = Counter::default();
+        // From 5 µs: a decision from the in-memory index takes microseconds.
+        let admission_latency = Histogram::new(exponential_buckets(0.000_005, 2.0, 20));
+        let authz_latency = Histogram::new(exponential_buckets(0.000_005, 2.0, 20));
         registry.register(
             "events_received",
             "Payloads received, by format",
@@ -153,6 +176,41 @@ impl Metrics {
             "Time the ingest gateway takes to answer a request",
             ingest_latency.clone(),
         );
+        registry.register(
+            "admission_decisions",
+            "Admission webhook answers, by decision",
+            admission_decisions.clone(),
+        );
+        registry.register(
+            "authz_decisions",
+            "Docker AuthZ plugin answers to the requests it checks, by decision",
+            authz_decisions.clone(),
+        );
+        registry.register(
+            "enforcement_undecided",
+            "Requests an enforcement point could not decide, by point and answer",
+            enforcement_undecided.clone(),
+        );
+        registry.register(
+            "enforcement_malformed_requests",
+            "Requests an enforcement point could not read, by point and reason",
+            enforcement_malformed.clone(),
+        );
+        registry.register(
+            "enforcement_audit_failures",
+            "Enforcement records that could not be written to the audit trail",
+            enforcement_audit_failures.clone(),
+        );
+        registry.register(
+            "admission_decision_duration_seconds",
+            "Time the admission webhook takes to decide",
+            admission_latency.clone(),
+        );
+        registry.register(
+            "authz_decision_duration_seconds",
+            "Time the Docker AuthZ plugin takes to decide",
+            authz_latency.clone(),
+        );
         let premade = |family: &Family<Labels, Counter>, names: &[&'static str]| {
             names
                 .iter()
@@ -185,6 +243,13 @@ impl Metrics {
             ingest_auth_failures,
             ingest_invalid_payloads,
             ingest_latency,
+            admission_decisions,
+            authz_decisions,
+            enforcement_undecided,
+            enforcement_malformed,
+            enforcement_audit_failures,
+            admission_latency,
+            authz_latency,
             ready: AtomicBool::new(false),
         }
     }
@@ -229,6 +294,11 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// A two-label set.
+    pub fn labels2(a: (&'static str, &str), b: (&'static str, &str)) -> Labels {
+        vec![(a.0, a.1.to_owned()), (b.0, b.1.to_owned())]
     }
 
     /// A one-label set.

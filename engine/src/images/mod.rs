@@ -4,6 +4,11 @@
 //! - [`Enforcement`]: what `riposte run` starts: the list, its in-memory index kept current
 //!   by a watch, and the enforcement points configured under `images:`.
 
+pub mod admission;
+pub mod authz;
+
+pub use admission::{EnforcementAudit, EnforcementError};
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
