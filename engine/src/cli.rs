@@ -1,5 +1,5 @@
 //! The command line: `riposte run | ingest | check | test | explain | publish | audit | revert |
-//! approve | schema | bench`.
+//! approve | rbac | images | report | schema | bench`.
 //!
 //! Owns argument parsing and what each command prints; the work is done by the library
 //! modules. Commands that talk to NATS take `--nats URL` (else `RIPOSTE_NATS_URL`, the config's
@@ -124,6 +124,16 @@ pub enum Command {
         after_help = "Examples:\n  riposte rbac playbooks\n  riposte rbac playbooks --bind riposte/riposte-engine\n  riposte rbac --all --name riposte-responder"
     )]
     Rbac(RbacArgs),
+    /// Check, list, revoke and reinstate images on the revocation list.
+    ///
+    /// `check` is for CI pipelines: exit 0 when no image given is revoked, 1 when one is, 2
+    /// when one could not be decided. Changes made here are audited (replica `cli`).
+    #[command(
+        after_help = "Examples:\n  riposte images check registry.example.com/shop/cart:1.4\n  riposte images list --all\n  riposte images revoke shop/cart:1.4 --reason \"CVE-2024-3094\" --as alice --finding CVE-2024-3094\n  riposte images reinstate shop/cart:1.4 --as alice --reason \"rebuilt without xz 5.6\"\n  riposte images history shop/cart:1.4"
+    )]
+    Images(crate::images::check::ImagesArgs),
+    /// Reports from the audit trail: `riposte report compliance --since 30d --format md|json|html`.
+    Report(crate::images::report::ReportArgs),
     /// Write the JSON Schemas (playbook, config, event, audit record) to a directory.
     Schema(SchemaArgs),
     /// Measure throughput and latency against a local nats-server (see README).
@@ -392,6 +402,8 @@ pub async fn main(cli: Cli, shutdown: CancellationToken) -> Result<i32> {
         Command::Revert(a) => revert(a).await,
         Command::Approve(a) => crate::approval::command::approve(a).await,
         Command::Rbac(a) => rbac(a),
+        Command::Images(a) => crate::images::check::images(a).await,
+        Command::Report(a) => crate::images::report::report(a).await,
         Command::Schema(a) => {
             crate::schema::write_all(&a.dir)?;
             println!("schemas written to {}", a.dir.display());

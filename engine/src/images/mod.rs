@@ -9,6 +9,9 @@ pub mod authz;
 
 pub use admission::{EnforcementAudit, EnforcementError};
 
+pub mod check;
+pub mod report;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
