@@ -10,6 +10,8 @@
 //! - [`notify`]: a real Alertmanager and a real SMTP server for the notification connectors.
 //! - [`kube`]: a real kube-apiserver with etcd (built by `scripts/kube-apiserver`), with an
 //!   admin token and a `riposte` token that RBAC grants only what a test binds to it.
+//! - [`registry`]: a real OCI registry (Debian's docker-registry) that tests push to with the
+//!   real docker client.
 
 #![allow(
     clippy::unwrap_used,
@@ -29,6 +31,7 @@ pub mod docker;
 pub mod kube;
 pub mod notify;
 pub mod receiver;
+pub mod registry;
 
 /// The `riposte` binary under test.
 pub fn riposte_bin() -> PathBuf {

@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value};
 
-use super::client::{Manifest, Registry};
+use super::client::{Lookup, Manifest, Registry};
 use super::{OnRevoke, RegistryConnector};
 use crate::context;
 use crate::revocation::{
@@ -220,7 +220,19 @@ pub(super) async fn revoke(c: &RegistryConnector, args: &Args) -> Result<Output,
     let list = the_list(c)?;
     let reg = target(c, &image);
     let manifest = match reg {
-        Some(r) => Some(r.manifest(&image.repository, reference(&image)).await?),
+        Some(r) => match r.lookup(&image.repository, reference(&image)).await? {
+            Lookup::Found(m) => Some(m),
+            Lookup::Missing(e) => {
+                // A quarantined or deleted image is gone from its repository: revoking it
+                // again finds it in the list.
+                return match list.find(&image).await.map_err(list_err)? {
+                    Some((old, _)) if old.state == State::Revoked => {
+                        already(list, &image, old, findings).await
+                    }
+                    _ => Err(e),
+                };
+            }
+        },
         None => None,
     };
     if let Some(m) = &manifest {
@@ -259,18 +271,7 @@ pub(super) async fn revoke(c: &RegistryConnector, args: &Args) -> Result<Output,
         .as_ref()
         .filter(|(e, _)| e.state == State::Revoked && !pending(e))
     {
-        let done = json!({
-            "action": "none",
-            "message": format!(
-                "`{image}` was already revoked (by {} at {}); the registry was not changed again",
-                old.revoked.by, old.revoked.at
-            ),
-        });
-        let (change, _) = list.revoke(entry).await.map_err(list_err)?;
-        return Ok(Output {
-            output: json!({"key": key, "entry": change.entry, "already": true, "registry": done}),
-            undo: None,
-        });
+        return already(list, &image, old.clone(), entry.findings).await;
     }
     let undo = Some(json!({"image": image.to_string(), "key": key}));
     let (Some(reg), Some(manifest), OnRevoke::Quarantine | OnRevoke::Delete) =
@@ -313,6 +314,35 @@ pub(super) async fn revoke(c: &RegistryConnector, args: &Args) -> Result<Output,
     Ok(Output {
         output: json!({"key": key, "entry": change.entry, "already": false, "registry": done}),
         undo,
+    })
+}
+
+/// An image revoked before: its new findings are added, nothing else changes.
+async fn already(
+    list: &RevocationList,
+    image: &ImageRef,
+    old: Revocation,
+    findings: Vec<String>,
+) -> Result<Output, ConnectorError> {
+    let done = json!({
+        "action": "none",
+        "message": format!(
+            "`{image}` was already revoked (by {} at {}); the registry was not changed again",
+            old.revoked.by, old.revoked.at
+        ),
+    });
+    let key = old.key().unwrap_or_default();
+    let (change, _) = list
+        .revoke(Revocation {
+            findings,
+            registry: None,
+            ..old
+        })
+        .await
+        .map_err(list_err)?;
+    Ok(Output {
+        output: json!({"key": key, "entry": change.entry, "already": true, "registry": done}),
+        undo: None,
     })
 }
 

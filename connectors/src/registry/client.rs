@@ -108,6 +108,15 @@ impl Manifest {
     }
 }
 
+/// A manifest, or the registry's 404 for it.
+#[derive(Debug)]
+pub enum Lookup {
+    /// There.
+    Found(Manifest),
+    /// Not there: the error that says so.
+    Missing(ConnectorError),
+}
+
 /// A content descriptor: what a manifest says about a blob or another manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Descriptor {
@@ -458,6 +467,18 @@ impl Registry {
         repository: &str,
         reference: &str,
     ) -> Result<Manifest, ConnectorError> {
+        match self.lookup(repository, reference).await? {
+            Lookup::Found(m) => Ok(m),
+            Lookup::Missing(e) => Err(e),
+        }
+    }
+
+    /// Like [`Registry::manifest`], with a 404 told apart from other failures.
+    pub async fn lookup(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Lookup, ConnectorError> {
         let what = format!("manifest `{repository}:{reference}`");
         let resp = self
             .send(
@@ -471,7 +492,12 @@ impl Registry {
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
-            return Err(self.failure(status, &text, &what));
+            let e = self.failure(status, &text, &what);
+            return if status == StatusCode::NOT_FOUND {
+                Ok(Lookup::Missing(e))
+            } else {
+                Err(e)
+            };
         }
         let header_digest = header(resp.headers(), "docker-content-digest");
         let header_type = header(resp.headers(), CONTENT_TYPE.as_str());
@@ -508,12 +534,12 @@ impl Registry {
             .map(str::to_owned)
             .or(header_type)
             .unwrap_or_default();
-        Ok(Manifest {
+        Ok(Lookup::Found(Manifest {
             digest,
             media_type,
             body,
             json,
-        })
+        }))
     }
 
     /// HEADs a manifest: its digest as the registry reports it, `None` when it is not there.
