@@ -4,10 +4,11 @@
 //!
 //! - [`RegistryServer::start`]: no credentials; [`RegistryServer::start_with_htpasswd`]: basic
 //!   credentials checked against a bcrypt htpasswd file (made with `htpasswd -B` from
-//!   apache2-utils).
-//! - [`RegistryServer::push`]: tags the local test image into the registry and pushes it with
-//!   the real docker client (a `localhost` registry needs no TLS), returning the digest
-//!   `docker push` printed.
+//!   apache2-utils); [`RegistryServer::start_with`]: token authentication, TLS, or the storage
+//!   of another registry.
+//! - [`RegistryServer::push`]: commits the local test image with labels and pushes it with the
+//!   real docker client (a `localhost` registry needs no TLS), returning the digest `docker
+//!   push` printed.
 //!
 //! A missing `docker-registry` or `htpasswd` fails the test with what to install; `bash
 //! scripts/setup` installs both.
@@ -49,25 +50,61 @@ pub struct RegistryServer {
     pub url: String,
     /// `localhost:PORT`, how image references name it.
     pub host: String,
+    storage: PathBuf,
     dir: tempfile::TempDir,
+}
+
+/// How a registry is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Basic credentials, checked against a bcrypt htpasswd file.
+    pub htpasswd: Option<(String, String)>,
+    /// Bearer tokens from a token server.
+    pub token: Option<TokenAuth>,
+    /// Serve https with this certificate and key (for 127.0.0.1).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve the images stored here instead of a storage of its own.
+    pub storage: Option<PathBuf>,
+}
+
+/// The registry's token authentication: where clients get tokens, and whose tokens it trusts.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// The token server's URL, sent to clients in the challenge.
+    pub realm: String,
+    /// The service name tokens must be issued for (their `aud`).
+    pub service: String,
+    /// The issuer tokens must name (their `iss`).
+    pub issuer: String,
+    /// The certificates (PEM) whose keys may sign tokens, or whose CAs issued the signer's.
+    pub root_certs: PathBuf,
 }
 
 impl RegistryServer {
     /// A registry without credentials.
     pub fn start() -> RegistryServer {
-        RegistryServer::start_inner(None)
+        RegistryServer::start_with(&Options::default())
     }
 
     /// A registry that takes `user` with `password` only (basic auth, bcrypt htpasswd).
     pub fn start_with_htpasswd(user: &str, password: &str) -> RegistryServer {
-        RegistryServer::start_inner(Some((user, password)))
+        RegistryServer::start_with(&Options {
+            htpasswd: Some((user.to_owned(), password.to_owned())),
+            ..Options::default()
+        })
     }
 
-    fn start_inner(credentials: Option<(&str, &str)>) -> RegistryServer {
+    /// Where its images are stored (another registry can be started on the same storage).
+    pub fn storage(&self) -> PathBuf {
+        self.storage.clone()
+    }
+
+    /// A registry as `options` say.
+    pub fn start_with(options: &Options) -> RegistryServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut auth = String::new();
-        if let Some((user, password)) = credentials {
+        if let Some((user, password)) = &options.htpasswd {
             let htpasswd = find_program("htpasswd").unwrap_or_else(|| {
                 panic!(
                     "htpasswd is not installed: run `bash scripts/setup` (it installs Debian's \
@@ -87,15 +124,36 @@ impl RegistryServer {
                 file.display()
             );
         }
+        if let Some(t) = &options.token {
+            auth = format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+                 rootcertbundle: {}\n",
+                t.realm,
+                t.service,
+                t.issuer,
+                t.root_certs.display()
+            );
+        }
+        let tls = match &options.tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
+        let storage = options
+            .storage
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  \
-                 filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
-                 maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: \
-                 127.0.0.1:{port}\n{auth}",
-                dir.path().join("data").display()
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    \
+                 uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+                storage.display()
             ),
         )
         .unwrap();
@@ -110,10 +168,16 @@ impl RegistryServer {
             .unwrap_or_else(|e| {
                 panic!("cannot start docker-registry: {e}; run `bash scripts/setup`")
             });
+        // The TLS certificate is for 127.0.0.1; docker trusts plain `localhost` registries.
+        let (scheme, host) = match options.tls {
+            Some(_) => ("https", "127.0.0.1"),
+            None => ("http", "localhost"),
+        };
         let mut server = RegistryServer {
             child,
-            url: format!("http://localhost:{port}"),
-            host: format!("localhost:{port}"),
+            url: format!("{scheme}://{host}:{port}"),
+            host: format!("{host}:{port}"),
+            storage,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(15);

@@ -18,7 +18,7 @@ use riposte_connectors::{
 };
 use riposte_tests::docker::{docker, docker_ok, Scene};
 use riposte_tests::receiver::Receiver;
-use riposte_tests::registry::RegistryServer;
+use riposte_tests::registry::{Options, RegistryServer, TokenAuth};
 use riposte_tests::{free_port, NatsServer};
 use serde_json::{json, Value};
 
@@ -495,4 +495,177 @@ fn bad_settings_and_arguments_say_what_is_wrong() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("not sha256:<64 hex>"), "{e}");
+}
+
+/// Base64 (`url`: the URL-safe alphabet without padding, as JWTs use).
+fn base64(bytes: &[u8], url: bool) -> String {
+    let alphabet: &[u8] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(alphabet[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+        if !url {
+            for _ in chunk.len()..3 {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A token the registry trusts: a JWT signed (RS256, with openssl) by the key of `cert`, whose
+/// CA is in the registry's `rootcertbundle`, granting `access`.
+fn sign_token(dir: &std::path::Path, service: &str, access: Value) -> String {
+    let pem = std::fs::read_to_string(dir.join("server.pem")).unwrap();
+    let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [der]});
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": "riposte-test-issuer", "sub": "ci", "aud": service,
+        "exp": now + 300, "nbf": now - 10, "iat": now,
+        "jti": format!("{now}-{}", std::process::id()), "access": access,
+    });
+    let input = format!(
+        "{}.{}",
+        base64(header.to_string().as_bytes(), true),
+        base64(claims.to_string().as_bytes(), true)
+    );
+    let file = tempfile::NamedTempFile::new_in(dir).unwrap();
+    std::fs::write(file.path(), &input).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-binary", "-sign"])
+        .arg(dir.join("server.key"))
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl dgst: {out:?}");
+    format!("{input}.{}", base64(&out.stdout, true))
+}
+
+#[tokio::test]
+async fn the_token_flow_gets_a_token_for_each_scope_from_the_registry_realm_over_https() {
+    let mut scene = Scene::new("reg-token");
+    let open = RegistryServer::start();
+    let (reference, digest) = open.push(&mut scene, "shop/web", "2", &[("team", "web")]);
+    let nats = NatsServer::start();
+    let list = list(&nats).await;
+    let certs = tempfile::tempdir().unwrap();
+    riposte_tests::certificates(certs.path());
+    let dir = certs.path().to_owned();
+    let service = "riposte-test-registry";
+    let expected = format!("Basic {}", base64(b"ci:token-pass", false));
+    // The token server: basic credentials in, a token for exactly the scopes asked out.
+    let token_dir = dir.clone();
+    let realm = Receiver::start(move |req, _| {
+        if req.header("authorization") != Some(expected.as_str()) {
+            return (401, r#"{"details":"bad credentials"}"#.to_owned());
+        }
+        let query = req.query().unwrap_or("");
+        let access: Vec<Value> = query
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("scope="))
+            .map(|s| s.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+            .filter_map(|s| {
+                let mut parts = s.splitn(3, ':');
+                let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                Some(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+            })
+            .collect();
+        let token = sign_token(&token_dir, "riposte-test-registry", Value::Array(access));
+        (200, json!({"token": token}).to_string())
+    });
+    let reg = RegistryServer::start_with(&Options {
+        token: Some(TokenAuth {
+            realm: format!("{}/token", realm.url()),
+            service: service.to_owned(),
+            issuer: "riposte-test-issuer".to_owned(),
+            root_certs: dir.join("ca.pem"),
+        }),
+        tls: Some((dir.join("server.pem"), dir.join("server.key"))),
+        storage: Some(open.storage()),
+        ..Options::default()
+    });
+    let password = dir.join("password");
+    std::fs::write(&password, "token-pass\n").unwrap();
+    let c = connector(
+        &list,
+        json!({
+            "url": reg.url, "ca_file": dir.join("ca.pem"),
+            "username": "ci", "password_file": password, "on_revoke": "quarantine",
+        }),
+    );
+    let image = reference.replace(&open.host, &reg.host);
+    let out = run(&c, "inspect", json!({"image": image}))
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(out["digest"], digest);
+    assert_eq!(out["labels"]["team"], "web");
+    // Quarantine needs push and delete scopes too, each obtained by the flow.
+    let revoked = run(
+        &c,
+        "revoke",
+        json!({"image": image, "reason": "CVE-2024-7"}),
+    )
+    .await
+    .unwrap()
+    .output;
+    assert_eq!(revoked["registry"]["action"], "quarantine", "{revoked}");
+    let scopes: Vec<String> = realm
+        .requests()
+        .iter()
+        .filter_map(|r| r.query().map(str::to_owned))
+        .collect();
+    assert!(
+        scopes.iter().any(|q| q.contains("push")) && scopes.iter().any(|q| q.contains("delete")),
+        "{scopes:?}"
+    );
+
+    // A token from `token_file` is sent as it is.
+    let token = dir.join("token");
+    std::fs::write(
+        &token,
+        sign_token(
+            &dir,
+            service,
+            json!([{"type": "repository", "name": "quarantine/shop/web", "actions": ["pull"]}]),
+        ),
+    )
+    .unwrap();
+    let bearer = connector(
+        &list,
+        json!({"url": reg.url, "ca_file": dir.join("ca.pem"), "token_file": token}),
+    );
+    let there = run(
+        &bearer,
+        "inspect",
+        json!({"image": format!("{}/quarantine/shop/web:2", reg.host)}),
+    )
+    .await
+    .unwrap()
+    .output;
+    assert_eq!(there["digest"], digest);
+    // Its scope does not reach other repositories: the registry's refusal is permanent.
+    let e = permanent(run(&bearer, "inspect", json!({"image": image})).await);
+    assert!(e.contains("401"), "{e}");
+
+    // Without the CA, the registry's certificate is refused: transient (the client cannot tell
+    // a bad certificate from a network failure), and nothing is said about the credentials.
+    let no_ca = connector(
+        &list,
+        json!({"url": reg.url, "token_file": dir.join("token")}),
+    );
+    let e = transient(run(&no_ca, "inspect", json!({"image": image})).await);
+    assert!(!e.contains("eyJ"), "{e}");
 }
