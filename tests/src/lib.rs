@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use riposte::audit::AuditRecord;
 
 pub mod docker;
+pub mod dockerd;
 pub mod kube;
 pub mod notify;
 pub mod receiver;

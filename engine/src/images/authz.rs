@@ -57,7 +57,7 @@ pub struct AuthzRequest {
     #[serde(default)]
     pub request_method: Option<String>,
     /// The API request's URI, with its query.
-    #[serde(rename = "RequestURI", default)]
+    #[serde(rename = "RequestUri", alias = "RequestURI", default)]
     pub request_uri: Option<String>,
     /// Its body, base64 (absent when it is not JSON or too large).
     #[serde(default)]
@@ -407,6 +407,7 @@ async fn authz_req(State(p): State<Arc<Plugin>>, body: Body) -> Response {
     };
     let started = Instant::now();
     let t = target(&req);
+    tracing::debug!(method = ?req.request_method, uri = ?req.request_uri, target = ?t, "authz: request");
     if t == Target::Nothing {
         return answer(StatusCode::OK, json!({ "Allow": true }));
     }
