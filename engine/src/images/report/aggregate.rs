@@ -411,3 +411,151 @@ pub fn cut(text: &str, max: usize) -> String {
     out.push('…');
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn rec(kind: RecordKind, outcome: &str, run: Option<&str>, time: &str) -> AuditRecord {
+        let mut r = AuditRecord::new(kind, outcome, Utc::now(), "r1");
+        r.time = time.to_owned();
+        r.run_id = run.map(str::to_owned);
+        r.event_id = Some("ev-1".into());
+        r.playbook = Some("revoke".into());
+        r
+    }
+
+    fn scan(outcome: &str, image: &str, counts: &[(&str, usize)]) -> AuditRecord {
+        let mut r = rec(RecordKind::Event, outcome, None, "2026-01-01T00:00:00Z");
+        r.event = Some(crate::audit::EventSummary {
+            subject: "riposte.in.trivy".into(),
+            stream_seq: None,
+            format: None,
+            source: Some("trivy".into()),
+            kind: Some("vulnerability".into()),
+            severity: None,
+            title: Some(format!("findings in {image}")),
+            bytes: 1,
+            image: Some(image.into()),
+            digest: None,
+            findings: Some(counts.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()),
+        });
+        r
+    }
+
+    fn step(run: &str, id: &str, action: &str, outcome: &str, time: &str) -> AuditRecord {
+        let mut r = rec(RecordKind::Step, outcome, Some(run), time);
+        r.step = Some(id.into());
+        r.action = Some(action.into());
+        r
+    }
+
+    #[test]
+    fn a_run_is_linked_to_its_scan_whatever_the_order_and_later_steps_join_it() {
+        let mut agg = Aggregate::default();
+        let entry = json!({"reference": "docker.io/library/app:1", "state": "revoked",
+            "reason": "CVE-1", "findings": ["CVE-1"], "run_id": "r-1",
+            "revoked": {"by": "riposte", "at": "2026-01-01T00:00:01Z"}});
+        let mut revoked = rec(
+            RecordKind::Revocation,
+            "revoked",
+            Some("r-1"),
+            "2026-01-01T00:00:01Z",
+        );
+        revoked.output = Some(entry);
+        agg.add_message(vec![revoked]);
+        let mut unrelated = step("r-9", "log", "log.info", "ok", "2026-01-01T00:00:03Z");
+        unrelated.event_id = Some("ev-9".into());
+        agg.add_message(vec![
+            step(
+                "r-1",
+                "ask",
+                "slack.post",
+                "awaiting_approval",
+                "2026-01-01T00:00:02Z",
+            ),
+            step(
+                "r-1",
+                "revoke",
+                "registry.revoke",
+                "ok",
+                "2026-01-01T00:00:01Z",
+            ),
+            scan(
+                "matched",
+                "docker.io/library/app:1",
+                &[("critical", 2), ("low", 1)],
+            ),
+            scan("no_match", "docker.io/library/other:1", &[("low", 3)]),
+            unrelated,
+        ]);
+        agg.add_message(vec![step(
+            "r-1",
+            "ask",
+            "slack.post",
+            "ok",
+            "2026-01-01T00:10:00Z",
+        )]);
+        let report = agg.finish(Utc::now(), Utc::now(), Vec::new());
+        assert_eq!(report.scans.scans, 2);
+        assert_eq!(report.scans.images, 2);
+        assert_eq!(report.findings.get("low"), Some(&4));
+        assert_eq!(
+            report.images.first().map(|i| i.image.as_str()),
+            Some("docker.io/library/app:1")
+        );
+        assert_eq!(report.revocations.revoked, 1);
+        // Only the run on the scan (and the revocation) is a remediation, not r-9.
+        assert_eq!(report.remediations.len(), 1);
+        let rem = &report.remediations[0];
+        assert_eq!(rem.revoked, ["docker.io/library/app:1"]);
+        assert_eq!(rem.event.as_ref().map(|e| e.id.as_str()), Some("ev-1"));
+        let outcomes: Vec<&str> = rem.steps.iter().map(|s| s.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["ok", "ok"]);
+        assert_eq!(rem.time, "2026-01-01T00:00:01Z");
+    }
+
+    #[test]
+    fn blocked_attempts_keep_counts_and_only_the_latest_samples() {
+        let mut agg = Aggregate::default();
+        for i in 0..25 {
+            let mut r = rec(RecordKind::Enforcement, "denied", None, &format!("t{i:02}"));
+            r.action = Some(if i % 5 == 0 { "authz" } else { "admission" }.into());
+            r.output = Some(json!({"image": "app:1", "object": format!("pod p{i}"), "user": null}));
+            agg.add_message(vec![r]);
+        }
+        let report = agg.finish(Utc::now(), Utc::now(), Vec::new());
+        assert_eq!(
+            (
+                report.blocked.total,
+                report.blocked.admission,
+                report.blocked.authz
+            ),
+            (25, 20, 5)
+        );
+        let b = &report.blocked.by_image[0];
+        assert_eq!(b.attempts.len(), SAMPLES);
+        assert_eq!(
+            b.attempts.back().and_then(|a| a.object.as_deref()),
+            Some("pod p24")
+        );
+        assert_eq!(b.attempts.back().and_then(|a| a.user.as_deref()), None);
+        assert_eq!((b.first.as_str(), b.last.as_str()), ("t00", "t24"));
+    }
+
+    #[test]
+    fn summaries_name_the_revoked_image_and_stay_short() {
+        let out = json!({"entry": {"reference": "a/b:1", "state": "revoked"}, "already": true,
+            "registry": {"message": "moved to quarantine/b"}});
+        assert_eq!(
+            summarize(&out),
+            "a/b:1: revoked (already); moved to quarantine/b"
+        );
+        let long = json!({"x": "é".repeat(1000)});
+        assert_eq!(summarize(&long).chars().count(), SUMMARY + 1);
+    }
+}

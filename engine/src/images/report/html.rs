@@ -371,3 +371,20 @@ pub fn html(r: &Report) -> String {
     o.push_str("</body></html>\n");
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_text_cannot_become_markup() {
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"q\"\u{0}"),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+        assert_eq!(
+            super::super::markdown::md("a | b\n<img src=x> `c` *d*"),
+            "a \\| b &lt;img src=x&gt; \\`c\\` \\*d\\*"
+        );
+    }
+}
