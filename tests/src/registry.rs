@@ -51,6 +51,7 @@ pub struct RegistryServer {
     /// `localhost:PORT`, how image references name it.
     pub host: String,
     storage: PathBuf,
+    port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -65,6 +66,10 @@ pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Serve the images stored here instead of a storage of its own.
     pub storage: Option<PathBuf>,
+    /// Refuse deletes (405), as a registry configured without `delete: enabled` does.
+    pub deletes_disabled: bool,
+    /// Listen on this port (to restart a registry where clients know it), else a free one.
+    pub port: Option<u16>,
 }
 
 /// The registry's token authentication: where clients get tokens, and whose tokens it trusts.
@@ -99,10 +104,15 @@ impl RegistryServer {
         self.storage.clone()
     }
 
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A registry as `options` say.
     pub fn start_with(options: &Options) -> RegistryServer {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = options.port.unwrap_or_else(free_port);
         let mut auth = String::new();
         if let Some((user, password)) = &options.htpasswd {
             let htpasswd = find_program("htpasswd").unwrap_or_else(|| {
@@ -151,9 +161,10 @@ impl RegistryServer {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    \
+                 rootdirectory: {}\n  delete:\n    enabled: {}\n  maintenance:\n    \
                  uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
-                storage.display()
+                storage.display(),
+                !options.deletes_disabled
             ),
         )
         .unwrap();
@@ -178,6 +189,7 @@ impl RegistryServer {
             url: format!("{scheme}://{host}:{port}"),
             host: format!("{host}:{port}"),
             storage,
+            port,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(15);

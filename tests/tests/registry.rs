@@ -669,3 +669,56 @@ async fn the_token_flow_gets_a_token_for_each_scope_from_the_registry_realm_over
     let e = transient(run(&no_ca, "inspect", json!({"image": image})).await);
     assert!(!e.contains("eyJ"), "{e}");
 }
+
+#[tokio::test]
+async fn a_registry_refusing_the_delete_leaves_the_image_revoked_and_a_retry_finishes_the_quarantine(
+) {
+    let mut scene = Scene::new("reg-pending");
+    let storage = tempfile::tempdir().unwrap();
+    let options = Options {
+        storage: Some(storage.path().to_owned()),
+        deletes_disabled: true,
+        ..Options::default()
+    };
+    let strict = RegistryServer::start_with(&options);
+    let (reference, digest) = strict.push(&mut scene, "app", "5", &[]);
+    let nats = NatsServer::start();
+    let list = list(&nats).await;
+    let c = connector(&list, json!({"url": strict.url, "on_revoke": "quarantine"}));
+    let a = json!({"image": reference, "reason": "CVE-2024-5"});
+    let e = permanent(run(&c, "revoke", a.clone()).await);
+    assert!(
+        e.contains("405") && e.contains("delete: enabled: true"),
+        "{e}"
+    );
+    let image = ImageRef::parse(&format!("{reference}@{digest}")).unwrap();
+    let (entry, _) = list.find(&image).await.unwrap().unwrap();
+    assert_eq!(
+        entry.state,
+        State::Revoked,
+        "denied although the registry failed"
+    );
+    assert_eq!(entry.registry.as_ref().unwrap()["status"], "pending");
+
+    // The same registry with deletes enabled: the step's retry finishes the move.
+    let port = strict.port();
+    drop(strict);
+    let reg = RegistryServer::start_with(&Options {
+        deletes_disabled: false,
+        port: Some(port),
+        ..options
+    });
+    // The client's pooled connection died with the first registry: that try is transient,
+    // as the engine's `retry` expects.
+    let out = match run(&c, "revoke", a.clone()).await {
+        Err(ConnectorError::Transient(_)) => run(&c, "revoke", a).await.unwrap(),
+        other => other.unwrap(),
+    };
+    assert_eq!(out.output["already"], false);
+    assert_eq!(out.output["registry"]["action"], "quarantine");
+    assert!(out.undo.is_some());
+    assert!(!pulls(&reference));
+    assert!(pulls(&format!("{}/quarantine/app:5", reg.host)));
+    let (entry, _) = list.find(&image).await.unwrap().unwrap();
+    assert!(entry.registry.as_ref().unwrap().get("status").is_none());
+}

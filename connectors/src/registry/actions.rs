@@ -1,18 +1,12 @@
-//! `revoke`, `reinstate` (also the revert of `revoke`) and `inspect`.
-//!
-//! A revocation is recorded before the registry is changed, so an image is denied even when
-//! the registry then fails; the entry's `registry` field says `pending` until the move or
-//! delete is done, and a retry of the step finishes it. An image already revoked (and done
-//! with) is never changed in the registry a second time.
+//! What the actions share (their arguments, the registry an image is in, who acts), their
+//! descriptions and plans, and `inspect`, which only reads.
 
 use serde_json::{json, Value};
 
-use super::client::{Lookup, Manifest, Registry};
+use super::client::Registry;
 use super::{OnRevoke, RegistryConnector};
 use crate::context;
-use crate::revocation::{
-    normalize_digest, Decision, ImageRef, ListError, Revocation, RevocationList, State,
-};
+use crate::revocation::{normalize_digest, ImageRef, ListError, RevocationList};
 use crate::spec::given;
 use crate::{Args, ConnectorError, Output};
 
@@ -36,14 +30,14 @@ pub(super) fn quarantine_repository(template: &str, repository: &str) -> Result<
     }
 }
 
-fn list_err(e: ListError) -> ConnectorError {
+pub(super) fn list_err(e: ListError) -> ConnectorError {
     match e {
         ListError::Store(m) => ConnectorError::Transient(m),
         ListError::Invalid(m) => ConnectorError::Permanent(m),
     }
 }
 
-fn the_list(c: &RegistryConnector) -> Result<&RevocationList, ConnectorError> {
+pub(super) fn the_list(c: &RegistryConnector) -> Result<&RevocationList, ConnectorError> {
     c.list.as_ref().ok_or_else(|| {
         ConnectorError::Permanent(
             "the revocation list is not available here (it lives in the engine's JetStream)"
@@ -53,7 +47,7 @@ fn the_list(c: &RegistryConnector) -> Result<&RevocationList, ConnectorError> {
 }
 
 /// The image named by `image` and, for `revoke`, `digest`.
-fn image_arg(action: &str, args: &Args) -> Result<ImageRef, ConnectorError> {
+pub(super) fn image_arg(action: &str, args: &Args) -> Result<ImageRef, ConnectorError> {
     let raw =
         given(args, "image").ok_or_else(|| ConnectorError::invalid(action, "`image` is empty"))?;
     let mut image =
@@ -73,7 +67,7 @@ fn image_arg(action: &str, args: &Args) -> Result<ImageRef, ConnectorError> {
     Ok(image)
 }
 
-fn mode_arg(c: &RegistryConnector, args: &Args) -> Result<OnRevoke, ConnectorError> {
+pub(super) fn mode_arg(c: &RegistryConnector, args: &Args) -> Result<OnRevoke, ConnectorError> {
     match given(args, "on_revoke") {
         None => Ok(c.on_revoke),
         Some(m) => OnRevoke::parse(m).ok_or_else(|| {
@@ -85,7 +79,7 @@ fn mode_arg(c: &RegistryConnector, args: &Args) -> Result<OnRevoke, ConnectorErr
     }
 }
 
-fn findings_arg(args: &Args) -> Result<Vec<String>, ConnectorError> {
+pub(super) fn findings_arg(args: &Args) -> Result<Vec<String>, ConnectorError> {
     match args.get("findings") {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
@@ -108,12 +102,12 @@ fn findings_arg(args: &Args) -> Result<Vec<String>, ConnectorError> {
 }
 
 /// The instance's registry when it holds `image`.
-fn target<'a>(c: &'a RegistryConnector, image: &ImageRef) -> Option<&'a Registry> {
+pub(super) fn target<'a>(c: &'a RegistryConnector, image: &ImageRef) -> Option<&'a Registry> {
     c.registry.as_ref().filter(|r| r.serves(&image.registry))
 }
 
 /// Why an image is recorded only.
-fn elsewhere(c: &RegistryConnector, image: &ImageRef) -> String {
+pub(super) fn elsewhere(c: &RegistryConnector, image: &ImageRef) -> String {
     match &c.registry {
         Some(r) => format!(
             "`{image}` is in `{}`, not in this instance's registry `{}`",
@@ -125,7 +119,7 @@ fn elsewhere(c: &RegistryConnector, image: &ImageRef) -> String {
 }
 
 /// The tag, else the digest: what a manifest is asked for by.
-fn reference(image: &ImageRef) -> &str {
+pub(super) fn reference(image: &ImageRef) -> &str {
     image
         .digest
         .as_deref()
@@ -133,11 +127,11 @@ fn reference(image: &ImageRef) -> &str {
         .unwrap_or("latest")
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn who() -> String {
+pub(super) fn who() -> String {
     context::current()
         .and_then(|c| c.by)
         .unwrap_or_else(|| "riposte".to_owned())
@@ -205,340 +199,6 @@ pub(super) async fn resolve_for_plan(
             image.repository,
             reference(&image)
         ))),
-    }
-}
-
-/// `revoke`: record, then record-only, quarantine or delete.
-pub(super) async fn revoke(c: &RegistryConnector, args: &Args) -> Result<Output, ConnectorError> {
-    let action = "revoke";
-    let mut image = image_arg(action, args)?;
-    let reason = given(args, "reason")
-        .ok_or_else(|| ConnectorError::invalid(action, "`reason` is empty"))?
-        .to_owned();
-    let findings = findings_arg(args)?;
-    let mode = mode_arg(c, args)?;
-    let list = the_list(c)?;
-    let reg = target(c, &image);
-    let manifest = match reg {
-        Some(r) => match r.lookup(&image.repository, reference(&image)).await? {
-            Lookup::Found(m) => Some(m),
-            Lookup::Missing(e) => {
-                // A quarantined or deleted image is gone from its repository: revoking it
-                // again finds it in the list.
-                return match list.find(&image).await.map_err(list_err)? {
-                    Some((old, _)) if old.state == State::Revoked => {
-                        already(list, &image, old, findings).await
-                    }
-                    _ => Err(e),
-                };
-            }
-        },
-        None => None,
-    };
-    if let Some(m) = &manifest {
-        image.digest = Some(m.digest.clone());
-    }
-    let ctx = context::current().unwrap_or_default();
-    let mut entry = Revocation {
-        digest: image.digest.clone(),
-        reference: image.tagged(),
-        state: State::Revoked,
-        reason: reason.clone(),
-        findings,
-        event_id: ctx.event_id,
-        playbook: ctx.playbook,
-        run_id: ctx.run_id,
-        revoked: Decision {
-            by: ctx.by.unwrap_or_else(|| "riposte".to_owned()),
-            at: now(),
-            reason: Some(reason),
-        },
-        reinstated: None,
-        registry: None,
-    };
-    let key = entry
-        .key()
-        .ok_or_else(|| ConnectorError::invalid(action, "the image has neither tag nor digest"))?;
-    let prior = list.get_key(&key).await.map_err(list_err)?;
-    let pending = |e: &Revocation| {
-        e.registry
-            .as_ref()
-            .and_then(|r| r.get("status"))
-            .and_then(Value::as_str)
-            == Some("pending")
-    };
-    if let Some((old, _)) = prior
-        .as_ref()
-        .filter(|(e, _)| e.state == State::Revoked && !pending(e))
-    {
-        return already(list, &image, old.clone(), entry.findings).await;
-    }
-    let undo = Some(json!({"image": image.to_string(), "key": key}));
-    let (Some(reg), Some(manifest), OnRevoke::Quarantine | OnRevoke::Delete) =
-        (reg, manifest.as_ref(), mode)
-    else {
-        let done = if reg.is_some() || mode == OnRevoke::Record {
-            json!({
-                "action": "record",
-                "message": format!("`{image}` recorded in the revocation list; the registry is unchanged"),
-            })
-        } else {
-            json!({
-                "action": "record",
-                "message": format!(
-                    "`{image}` recorded in the revocation list only: {}, so no {}",
-                    elsewhere(c, &image),
-                    mode.as_str()
-                ),
-            })
-        };
-        entry.registry = Some(done.clone());
-        let (change, already) = list.revoke(entry).await.map_err(list_err)?;
-        return Ok(Output {
-            output: json!({"key": key, "entry": change.entry, "already": already, "registry": done}),
-            undo,
-        });
-    };
-    entry.registry = Some(json!({
-        "action": mode.as_str(),
-        "registry": reg.authority(),
-        "status": "pending",
-    }));
-    list.revoke(entry.clone()).await.map_err(list_err)?;
-    let done = match mode {
-        OnRevoke::Quarantine => quarantine(c, reg, &image, manifest).await?,
-        _ => delete(reg, &image, manifest).await?,
-    };
-    entry.registry = Some(done.clone());
-    let (change, _) = list.revoke(entry).await.map_err(list_err)?;
-    Ok(Output {
-        output: json!({"key": key, "entry": change.entry, "already": false, "registry": done}),
-        undo,
-    })
-}
-
-/// An image revoked before: its new findings are added, nothing else changes.
-async fn already(
-    list: &RevocationList,
-    image: &ImageRef,
-    old: Revocation,
-    findings: Vec<String>,
-) -> Result<Output, ConnectorError> {
-    let done = json!({
-        "action": "none",
-        "message": format!(
-            "`{image}` was already revoked (by {} at {}); the registry was not changed again",
-            old.revoked.by, old.revoked.at
-        ),
-    });
-    let key = old.key().unwrap_or_default();
-    let (change, _) = list
-        .revoke(Revocation {
-            findings,
-            registry: None,
-            ..old
-        })
-        .await
-        .map_err(list_err)?;
-    Ok(Output {
-        output: json!({"key": key, "entry": change.entry, "already": true, "registry": done}),
-        undo: None,
-    })
-}
-
-async fn quarantine(
-    c: &RegistryConnector,
-    reg: &Registry,
-    image: &ImageRef,
-    manifest: &Manifest,
-) -> Result<Value, ConnectorError> {
-    let to = quarantine_repository(&c.quarantine, &image.repository)
-        .map_err(ConnectorError::Permanent)?;
-    let copied = reg
-        .copy(&image.repository, &to, manifest, image.tag.as_deref())
-        .await?;
-    let deleted = reg
-        .delete_manifest(&image.repository, &manifest.digest)
-        .await?;
-    let host = reg.authority();
-    let place = |repo: &str| match &image.tag {
-        Some(t) => format!("{host}/{repo}:{t}"),
-        None => format!("{host}/{repo}@{}", manifest.digest),
-    };
-    Ok(json!({
-        "action": "quarantine",
-        "registry": host,
-        "repository": image.repository,
-        "tag": image.tag,
-        "digest": manifest.digest,
-        "quarantine_repository": to,
-        "quarantined_as": place(&to),
-        "blobs": {"mounted": copied.mounted, "copied": copied.copied, "present": copied.present},
-        "deleted": deleted,
-        "message": format!("moved `{}` to `{}`", place(&image.repository), place(&to)),
-    }))
-}
-
-async fn delete(
-    reg: &Registry,
-    image: &ImageRef,
-    manifest: &Manifest,
-) -> Result<Value, ConnectorError> {
-    let deleted = reg
-        .delete_manifest(&image.repository, &manifest.digest)
-        .await?;
-    let host = reg.authority();
-    Ok(json!({
-        "action": "delete",
-        "registry": host,
-        "repository": image.repository,
-        "tag": image.tag,
-        "digest": manifest.digest,
-        "deleted": deleted,
-        "message": format!(
-            "deleted manifest `{host}/{}@{}` (every tag of it in that repository)",
-            image.repository, manifest.digest
-        ),
-    }))
-}
-
-/// `reinstate`.
-pub(super) async fn reinstate_action(
-    c: &RegistryConnector,
-    args: &Args,
-) -> Result<Output, ConnectorError> {
-    let image = image_arg("reinstate", args)?;
-    let reason = given(args, "reason")
-        .ok_or_else(|| ConnectorError::invalid("reinstate", "`reason` is empty"))?;
-    reinstate(c, &image, reason).await
-}
-
-/// The revert of `revoke`: reinstates what it revoked.
-pub(super) async fn revert_revoke(
-    c: &RegistryConnector,
-    undo: &Value,
-) -> Result<Output, ConnectorError> {
-    let image = undo
-        .get("image")
-        .and_then(Value::as_str)
-        .and_then(|s| ImageRef::parse(s).ok())
-        .ok_or_else(|| {
-            ConnectorError::Permanent("the revoke's undo data names no image".to_owned())
-        })?;
-    let reason = match context::current().and_then(|c| c.run_id) {
-        Some(run) => format!("revert of run {run}"),
-        None => "revert of the revocation".to_owned(),
-    };
-    reinstate(c, &image, &reason).await
-}
-
-async fn reinstate(
-    c: &RegistryConnector,
-    image: &ImageRef,
-    reason: &str,
-) -> Result<Output, ConnectorError> {
-    let list = the_list(c)?;
-    let Some((entry, _)) = list.find(image).await.map_err(list_err)? else {
-        return Err(ConnectorError::Permanent(format!(
-            "nothing in the revocation list covers `{image}`"
-        )));
-    };
-    if entry.state == State::Reinstated {
-        let by = entry
-            .reinstated
-            .as_ref()
-            .map_or("someone", |d| d.by.as_str());
-        let done = json!({"action": "none", "message": format!("`{image}` was already reinstated by {by}")});
-        return Ok(Output {
-            output: json!({"entry": entry, "already": true, "registry": done}),
-            undo: None,
-        });
-    }
-    let done = restore(c, &entry).await?;
-    // The entry's own digest and reference, so the reinstated entry is the one found.
-    let exact = ImageRef {
-        digest: entry.digest.clone(),
-        ..entry
-            .reference
-            .as_deref()
-            .and_then(|r| ImageRef::parse(r).ok())
-            .unwrap_or_else(|| image.clone())
-    };
-    let decision = Decision {
-        by: who(),
-        at: now(),
-        reason: Some(reason.to_owned()),
-    };
-    let change = list.reinstate(&exact, decision).await.map_err(list_err)?;
-    let (entry, already) = match change {
-        Some(ch) => (ch.entry, false),
-        None => (entry, true),
-    };
-    Ok(Output {
-        output: json!({"entry": entry, "already": already, "registry": done}),
-        undo: None,
-    })
-}
-
-/// Moves a quarantined image back; says what else a revocation's registry outcome leaves.
-async fn restore(c: &RegistryConnector, entry: &Revocation) -> Result<Value, ConnectorError> {
-    let r = entry.registry.clone().unwrap_or(Value::Null);
-    let s = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_owned);
-    let host = s("registry").unwrap_or_default();
-    match s("action").as_deref() {
-        Some("quarantine") if s("status").is_none() => {
-            let (Some(repo), Some(qrepo), Some(digest)) =
-                (s("repository"), s("quarantine_repository"), s("digest"))
-            else {
-                return Err(ConnectorError::Permanent(
-                    "the entry's quarantine record lacks its repositories or digest".to_owned(),
-                ));
-            };
-            let reg = c
-                .registry
-                .as_ref()
-                .filter(|g| g.serves(&host))
-                .ok_or_else(|| {
-                    ConnectorError::Permanent(format!(
-                    "the image was quarantined in `{host}`, which instance `{}` does not reach: \
-                     reinstate it with that registry's instance",
-                    c.instance
-                ))
-                })?;
-            let tag = s("tag");
-            let back = reg
-                .head_manifest(&repo, tag.as_deref().unwrap_or(&digest))
-                .await?;
-            if back.as_deref() != Some(digest.as_str()) {
-                let m = reg.manifest(&qrepo, &digest).await?;
-                reg.copy(&qrepo, &repo, &m, tag.as_deref()).await?;
-            }
-            reg.delete_manifest(&qrepo, &digest).await?;
-            let place = |repo: &str| match &tag {
-                Some(t) => format!("{host}/{repo}:{t}"),
-                None => format!("{host}/{repo}@{digest}"),
-            };
-            Ok(json!({
-                "action": "restore",
-                "registry": host,
-                "repository": repo,
-                "tag": tag,
-                "digest": digest,
-                "message": format!("moved `{}` back to `{}`", place(&qrepo), place(&repo)),
-            }))
-        }
-        Some("delete") if s("status").is_none() => Ok(json!({
-            "action": "none",
-            "message": format!(
-                "the manifest `{host}/{}@{}` was deleted and stays deleted: push the image again \
-                 to bring it back",
-                s("repository").unwrap_or_default(),
-                s("digest").unwrap_or_default()
-            ),
-        })),
-        _ => Ok(
-            json!({"action": "none", "message": "the registry was not changed by the revocation"}),
-        ),
     }
 }
 

@@ -6,9 +6,11 @@
 //! # Layout
 //! - this module: the actions and their parameters, the instance settings, and the dispatch of
 //!   `describe` / `plan` / `run` / `revert`;
-//! - `client`: the distribution API (manifests, blobs, mounts, deletes), its credentials and
-//!   the token flow, and the sorting of its failures;
-//! - `actions`: `revoke`, `reinstate` (also the revert of `revoke`) and `inspect`.
+//! - `client`: one registry's transport: its credentials and the token flow, and the sorting of
+//!   its failures into transient and permanent;
+//! - `content`: manifests, image configs and blobs read, written, mounted, copied and deleted;
+//! - `actions`: what the actions share (arguments, descriptions, plans) and `inspect`;
+//! - `revoke`: `revoke` and `reinstate` (also the revert of `revoke`).
 //!
 //! The default instance `registry` has no URL: it records revocations and touches no registry.
 //! An instance only ever changes the registry its `url` names; an image in another registry is
@@ -16,6 +18,8 @@
 
 mod actions;
 mod client;
+mod content;
+mod revoke;
 
 use std::time::Duration;
 
@@ -261,8 +265,8 @@ impl Connector for RegistryConnector {
     async fn run(&self, action: &str, args: &Args) -> Result<Output, ConnectorError> {
         Self::spec(action)?;
         match action {
-            "revoke" => actions::revoke(self, args).await,
-            "reinstate" => actions::reinstate_action(self, args).await,
+            "revoke" => revoke::revoke(self, args).await,
+            "reinstate" => revoke::reinstate_action(self, args).await,
             "inspect" => actions::inspect(self, args).await,
             other => Err(ConnectorError::UnknownAction(other.to_owned())),
         }
@@ -270,7 +274,7 @@ impl Connector for RegistryConnector {
 
     async fn revert(&self, action: &str, undo: &Value) -> Result<Output, ConnectorError> {
         match action {
-            "revoke" => actions::revert_revoke(self, undo).await,
+            "revoke" => revoke::revert_revoke(self, undo).await,
             other => Err(ConnectorError::NotReversible(other.to_owned())),
         }
     }
