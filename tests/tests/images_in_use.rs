@@ -52,12 +52,22 @@ fn commit_image(scene: &Scene, started: &mut Started, reference: &str) -> String
     id
 }
 
-/// Starts a container of the scene from `image`.
+/// Starts a container of the scene from `image`, with no network (finding it needs none).
 fn run_from(scene: &Scene, started: &mut Started, suffix: &str, image: &str) -> String {
     let name = scene.name(suffix);
     started.0.push(name.clone());
     let label = format!("{SCENE_LABEL}={}", scene.prefix());
-    docker_ok(&["run", "-d", "--name", &name, "--label", &label, image]);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        "--label",
+        &label,
+        image,
+    ]);
     name
 }
 
@@ -167,7 +177,7 @@ async fn the_containers_running_an_image_are_found_by_reference_image_id_and_dig
     docker_ok(&["stop", "--time", "0", &stopped]);
     let paused = run_from(&scene, &mut started, "paused", &v1);
     docker_ok(&["pause", &paused]);
-    let other = scene.container("other", &[]);
+    let other = run_from(&scene, &mut started, "other", TEST_IMAGE);
 
     let c = DockerConnector::new("docker", &serde_json::Map::new(), &Deps::default()).unwrap();
 
@@ -185,7 +195,7 @@ async fn the_containers_running_an_image_are_found_by_reference_image_id_and_dig
     assert_eq!(found[&by_ref], ("reference".into(), "running".into()));
     assert_eq!(found[&by_id], ("image id".into(), "running".into()));
     assert_eq!(found[&paused], ("reference".into(), "paused".into()));
-    assert!(!found.contains_key(&stopped) && !found.contains_key(&other.name));
+    assert!(!found.contains_key(&stopped) && !found.contains_key(&other));
     let first = out["containers"]
         .as_array()
         .unwrap()
