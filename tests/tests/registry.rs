@@ -288,7 +288,16 @@ async fn quarantine_moves_the_image_and_reinstating_moves_it_back() {
     assert!(pulls(&quarantined));
     assert!(pulls(&second), "the other tag stays");
 
-    // Revoking again changes nothing in the registry.
+    // Revoking again changes nothing in the registry, and its plan says so.
+    let plan = c
+        .plan(
+            "revoke",
+            &args(json!({"image": reference, "reason": "CVE-2024-1"})),
+        )
+        .await
+        .unwrap()
+        .description;
+    assert!(plan.contains("already revoked"), "{plan}");
     let again = run(
         &c,
         "revoke",

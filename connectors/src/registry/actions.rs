@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::client::Registry;
 use super::{OnRevoke, RegistryConnector};
 use crate::context;
-use crate::revocation::{normalize_digest, ImageRef, ListError, RevocationList};
+use crate::revocation::{normalize_digest, Decision, ImageRef, ListError, RevocationList, State};
 use crate::spec::given;
 use crate::{Args, ConnectorError, Output};
 
@@ -178,28 +178,53 @@ pub(super) fn describe(
     })
 }
 
-/// A plan resolves the digest with a HEAD when the instance's registry holds the image.
-pub(super) async fn resolve_for_plan(
+/// A plan against the real registry and list: the digest resolved with a HEAD when the
+/// instance's registry holds the image, and what the list already says.
+pub(super) async fn plan(
     c: &RegistryConnector,
     action: &str,
     args: &Args,
-) -> Result<Option<String>, ConnectorError> {
+) -> Result<String, ConnectorError> {
     let image = image_arg(action, args)?;
-    let Some(reg) = target(c, &image) else {
-        return Ok(image.digest);
-    };
-    match reg
-        .head_manifest(&image.repository, reference(&image))
-        .await?
-    {
-        Some(d) => Ok(Some(d)),
-        None => Err(ConnectorError::Permanent(format!(
-            "registry {}: manifest `{}:{}` not found (404 MANIFEST_UNKNOWN: manifest unknown)",
-            reg.origin(),
-            image.repository,
-            reference(&image)
-        ))),
+    if let Some(list) = &c.list {
+        if let Some((old, _)) = list.find(&image).await.map_err(list_err)? {
+            let by = |d: &Decision| format!("by {} at {}", d.by, d.at);
+            match (action, old.state, &old.reinstated) {
+                ("revoke", State::Revoked, _) => {
+                    return Ok(format!(
+                        "`{image}` is already revoked ({}): nothing would change",
+                        by(&old.revoked)
+                    ))
+                }
+                ("reinstate", State::Reinstated, Some(d)) => {
+                    return Ok(format!(
+                        "`{image}` is already reinstated ({}): nothing would change",
+                        by(d)
+                    ))
+                }
+                _ => {}
+            }
+        }
     }
+    let digest = match target(c, &image) {
+        // A revoked image may have left its repository; the entry names it.
+        Some(_) if action == "reinstate" => image.digest.clone(),
+        Some(reg) => Some(
+            reg.head_manifest(&image.repository, reference(&image))
+                .await?
+                .ok_or_else(|| {
+                    ConnectorError::Permanent(format!(
+                        "registry {}: manifest `{}:{}` not found (404 MANIFEST_UNKNOWN: manifest \
+                         unknown)",
+                        reg.origin(),
+                        image.repository,
+                        reference(&image)
+                    ))
+                })?,
+        ),
+        None => image.digest.clone(),
+    };
+    describe(c, action, args, digest.as_deref())
 }
 
 /// `inspect`.

@@ -256,9 +256,8 @@ impl Connector for RegistryConnector {
 
     async fn plan(&self, action: &str, args: &Args) -> Result<Plan, ConnectorError> {
         Self::spec(action)?;
-        let digest = actions::resolve_for_plan(self, action, args).await?;
         Ok(Plan {
-            description: actions::describe(self, action, args, digest.as_deref())?,
+            description: actions::plan(self, action, args).await?,
         })
     }
 
