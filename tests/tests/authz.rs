@@ -11,13 +11,14 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use riposte::audit::RecordKind;
 use riposte_connectors::revocation::{Decision, ImageRef, Revocation, RevocationList, State};
 use riposte_tests::docker::require_docker;
 use riposte_tests::dockerd::Dockerd;
+use riposte_tests::registry::RegistryServer;
 use riposte_tests::{http_get, wait_for, write, Engine, NatsServer};
 
 const PLAYBOOK: &str = "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: echo }\nspec:\n  match: { sources: [falco] }\n  steps:\n    - { id: a, action: log.info, with: { message: '${{ event.title }}' }, timeout: 60s }\n";
@@ -71,8 +72,18 @@ fn metric(engine: &Engine, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dockerd_refuses_containers_from_revoked_images_through_the_plugin() {
+/// A nats-server, `riposte run` with the plugin on a socket, and a dockerd of the test's own
+/// that asks it (started after it: dockerd activates its plugins at start).
+struct Setup {
+    nats: NatsServer,
+    engine: Engine,
+    daemon: Dockerd,
+    name: String,
+    socket: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+fn setup(tag: &str) -> Setup {
     require_docker();
     let nats = NatsServer::start();
     let work = tempfile::Builder::new()
@@ -80,7 +91,7 @@ async fn dockerd_refuses_containers_from_revoked_images_through_the_plugin() {
         .tempdir_in("/tmp")
         .unwrap();
     write(&work.path().join("pb/echo.yaml"), PLAYBOOK);
-    let name = format!("riposte-test-{}", std::process::id());
+    let name = format!("riposte-test-{}-{tag}", std::process::id());
     let socket = work.path().join("authz.sock");
     let mut daemon = Dockerd::prepare();
     let cfg = work.path().join("riposte.yaml");
@@ -92,16 +103,55 @@ async fn dockerd_refuses_containers_from_revoked_images_through_the_plugin() {
             daemon.host
         ),
     );
-    // The plugin is up before dockerd starts: dockerd activates it at start.
     let engine = Engine::start(&nats.url, &work.path().join("pb"), Some(&cfg), work.path());
     assert!(socket.exists(), "{}", engine.log_text());
     daemon.start(Some((&name, &socket)));
+    Setup {
+        nats,
+        engine,
+        daemon,
+        name,
+        socket,
+        _work: work,
+    }
+}
+
+async fn revocation_list(nats: &NatsServer) -> RevocationList {
+    let js = async_nats::jetstream::new(nats.client().await);
+    RevocationList::open(&js, "riposte", None).await.unwrap()
+}
+
+/// Runs `docker create ARGS` until it is refused (the index follows the bucket within
+/// moments), removing what got created meanwhile.
+fn refused_create(s: &Setup, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut argv = vec!["create"];
+    argv.extend_from_slice(args);
+    loop {
+        let out = s.daemon.docker(&argv);
+        if !out.status.success() {
+            return stderr(&out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a container was created from a revoked image; engine log:\n{}\ndockerd log:\n{}",
+            s.engine.log_text(),
+            s.daemon.log_text()
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        s.daemon.docker(&["rm", &id]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dockerd_refuses_containers_from_revoked_images_through_the_plugin() {
+    let s = setup("ref");
+    let (nats, engine, daemon, name, socket) = (&s.nats, &s.engine, &s.daemon, &s.name, &s.socket);
     let revoked_id = daemon.import_busybox("riposte-authz/app:1.0");
     daemon.import_busybox("riposte-authz/app:1.1");
 
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client);
-    let list = RevocationList::open(&js, "riposte", None).await.unwrap();
+    let list = revocation_list(nats).await;
     list.revoke(revocation("riposte-authz/app:1.0"))
         .await
         .unwrap();
@@ -110,24 +160,8 @@ async fn dockerd_refuses_containers_from_revoked_images_through_the_plugin() {
          critical vulnerabilities with a fix available (findings CVE-2024-45490, CVE-2024-45491, \
          revoked by playbook revoke-vulnerable-images at 2026-11-23T12:00:00Z)"
     );
-    // The index follows the bucket within moments.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let out = daemon.docker(&["create", "riposte-authz/app:1.0"]);
-        if !out.status.success() {
-            break out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a container was created from a revoked image; engine log:\n{}\ndockerd log:\n{}",
-            engine.log_text(),
-            daemon.log_text()
-        );
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        daemon.docker(&["rm", &id]);
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(stderr(&refused).contains(&expected), "{}", stderr(&refused));
+    let refused = refused_create(&s, &["riposte-authz/app:1.0"]);
+    assert!(refused.contains(&expected), "{refused}");
 
     // By image id: the daemon names its tags, one of them revoked.
     let by_id = daemon.docker(&["create", &revoked_id]);
@@ -177,28 +211,23 @@ async fn dockerd_refuses_containers_from_revoked_images_through_the_plugin() {
     }
 
     // Requests dockerd would never send get a clear answer, not a crash.
-    let (code, body) = plugin_call(&socket, "/AuthZPlugin.AuthZReq", "not json");
+    let (code, body) = plugin_call(socket, "/AuthZPlugin.AuthZReq", "not json");
     assert_eq!(code, 400, "{body}");
     assert!(
         body.contains("the AuthZ request is not one dockerd sends"),
         "{body}"
     );
     let odd = r#"{"User":"mallory","RequestMethod":"POST","RequestUri":"/v1.41/containers/create","RequestBody":"%%%"}"#;
-    let (code, body) = plugin_call(&socket, "/AuthZPlugin.AuthZReq", odd);
+    let (code, body) = plugin_call(socket, "/AuthZPlugin.AuthZReq", odd);
     assert_eq!(code, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["Allow"], true, "on_undecided is allow by default");
-    let (code, body) = plugin_call(&socket, "/Plugin.Activate", "");
+    let (code, body) = plugin_call(socket, "/Plugin.Activate", "");
     assert_eq!((code, body.as_str()), (200, r#"{"Implements":["authz"]}"#));
+    assert!(metric(engine, "riposte_authz_decisions_total{decision=\"denied\"}") >= 3.0);
     assert!(
         metric(
-            &engine,
-            "riposte_authz_decisions_total{decision=\"denied\"}"
-        ) >= 3.0
-    );
-    assert!(
-        metric(
-            &engine,
+            engine,
             "riposte_enforcement_undecided_total{point=\"authz\",answer=\"allowed\"}"
         ) >= 1.0
     );
@@ -229,8 +258,61 @@ async fn dockerd_refuses_containers_from_revoked_images_through_the_plugin() {
         unreadable.reason.as_deref(),
         Some("the request body is not base64")
     );
-    drop(daemon);
-    assert!(!Path::new(riposte_tests::dockerd::PLUGIN_SPEC_DIR)
-        .join(format!("{name}.spec"))
-        .exists());
+    let spec = Path::new(riposte_tests::dockerd::PLUGIN_SPEC_DIR).join(format!("{name}.spec"));
+    assert!(spec.exists());
+    drop(s);
+    assert!(!spec.exists(), "the spec file outlived the daemon");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_by_digest_catches_the_tag_and_the_image_id() {
+    let s = setup("digest");
+    let registry = RegistryServer::start();
+    // Pushed from the test's daemon, the image gets a repository digest there.
+    let id = s.daemon.import_busybox("riposte-authz/pushed:1");
+    let reference = format!("{}/team/app:2", registry.host);
+    let tagged = s
+        .daemon
+        .docker(&["tag", "riposte-authz/pushed:1", &reference]);
+    assert!(tagged.status.success(), "{}", stderr(&tagged));
+    let pushed = s.daemon.docker(&["push", &reference]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let inspect = s.daemon.docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        &reference,
+    ]);
+    let digests: Vec<String> = serde_json::from_slice(&inspect.stdout).unwrap();
+    let digest = digests[0].rsplit_once('@').unwrap().1.to_owned();
+
+    let list = revocation_list(&s.nats).await;
+    let mut by_digest = revocation("unused:1");
+    by_digest.reference = None;
+    by_digest.digest = Some(digest.clone());
+    list.revoke(by_digest).await.unwrap();
+    for image in [
+        reference.as_str(),
+        id.as_str(),
+        &format!("{}/team/app@{digest}", registry.host),
+    ] {
+        let refused = refused_create(&s, &[image]);
+        assert!(
+            refused.contains(&format!(
+                "authorization denied by plugin {}: riposte: image",
+                s.name
+            )) && refused.contains("is revoked"),
+            "{image}: {refused}"
+        );
+    }
+    // Another tag of another image is not caught.
+    let other = s.daemon.docker(&["create", "riposte-authz/pushed:1"]);
+    assert!(
+        !other.status.success(),
+        "same image id, same digest: refused too"
+    );
+    s.daemon.import_busybox("riposte-authz/other:1");
+    let clean = s.daemon.docker(&["create", "riposte-authz/other:1"]);
+    assert!(clean.status.success(), "{}", stderr(&clean));
 }
