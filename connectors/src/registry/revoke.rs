@@ -300,13 +300,29 @@ async fn restore(c: &RegistryConnector, entry: &Revocation) -> Result<Value, Con
     let host = s("registry").unwrap_or_default();
     match s("action").as_deref() {
         Some("quarantine") if s("status").is_none() => {
-            let (Some(repo), Some(qrepo), Some(digest)) =
-                (s("repository"), s("quarantine_repository"), s("digest"))
-            else {
+            // The entry comes from the bucket: its names are checked like any reference
+            // before they go into a path.
+            let checked = |repo: Option<String>| {
+                repo.and_then(|name| {
+                    let tag = s("tag").map(|t| format!(":{t}")).unwrap_or_default();
+                    let digest = s("digest").unwrap_or_default();
+                    ImageRef::parse(&format!("{host}/{name}{tag}@{digest}"))
+                        .ok()
+                        .filter(|i| i.repository == name && i.registry == host.to_ascii_lowercase())
+                })
+            };
+            let (Some(image), Some(quarantined)) = (
+                checked(s("repository")),
+                checked(s("quarantine_repository")),
+            ) else {
                 return Err(ConnectorError::Permanent(
-                    "the entry's quarantine record lacks its repositories or digest".to_owned(),
+                    "the entry's quarantine record does not name its repositories, tag and \
+                     digest"
+                        .to_owned(),
                 ));
             };
+            let (repo, qrepo) = (image.repository, quarantined.repository);
+            let digest = image.digest.unwrap_or_default();
             let reg = c
                 .registry
                 .as_ref()
@@ -318,7 +334,7 @@ async fn restore(c: &RegistryConnector, entry: &Revocation) -> Result<Value, Con
                     c.instance
                 ))
                 })?;
-            let tag = s("tag");
+            let tag = image.tag;
             let back = reg
                 .head_manifest(&repo, tag.as_deref().unwrap_or(&digest))
                 .await?;
