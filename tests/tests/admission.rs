@@ -190,6 +190,35 @@ async fn the_api_server_refuses_pods_and_workloads_from_revoked_images() {
         .await;
     assert_eq!(s, 201, "{v}");
 
+    // An image riposte cannot read is let through (on_undecided: allow), with a warning the
+    // API server passes on, and counted.
+    let resp = k
+        .http()
+        .post(format!("{}{PODS}", k.url))
+        .bearer_auth(&k.admin_token)
+        .json(&pod("odd", "Registry.Local/Shop/WEB"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let warning = resp
+        .headers()
+        .get("warning")
+        .and_then(|w| w.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        warning.contains("riposte could not check image Registry.Local/Shop/WEB"),
+        "{warning}"
+    );
+    assert_eq!(
+        metric(
+            &engine,
+            "riposte_enforcement_undecided_total{point=\"admission\",answer=\"allowed\"}"
+        ),
+        1.0
+    );
+
     // Workloads are refused through their pod template.
     let (s, v) = k
         .admin_json(
