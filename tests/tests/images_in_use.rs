@@ -401,6 +401,37 @@ async fn the_pods_running_an_image_are_found_with_their_workloads_with_only_the_
     assert_eq!(out["pods"][0]["matchedBy"], "digest");
     assert_eq!(out["pods"][0]["image"], "registry.local/coredns-1:1");
 
+    // More pods than one page (500): the list follows the server's continue token.
+    let (s, v) = k
+        .admin_json(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "bulk"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let creates = (0..520).map(|i| {
+        k.admin_json(
+            Method::POST,
+            "/api/v1/namespaces/bulk/pods",
+            Some(json!({"metadata": {"name": format!("batch-{i:03}")},
+                        "spec": {"containers": [{"name": "main", "image": "registry.local/batch:5"}]}})),
+        )
+    });
+    for (s, v) in futures::future::join_all(creates).await {
+        assert_eq!(s, 201, "{v}");
+    }
+    let out = c
+        .run(
+            "find_by_image",
+            &args(json!({ "image": "registry.local/batch:5" })),
+        )
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(out["count"], 520);
+    assert_eq!(out["pods"][519]["pod"], "batch-519");
+
     // The plan looks; a bad reference is refused before any request.
     let plan = c
         .plan(
