@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use riposte::audit::RecordKind;
 use riposte_connectors::context::{scope, RunContext};
 use riposte_connectors::registry::RegistryConnector;
 use riposte_connectors::revocation::{ImageRef, RevocationList, State};
@@ -730,4 +731,85 @@ async fn a_registry_refusing_the_delete_leaves_the_image_revoked_and_a_retry_fin
     assert!(pulls(&format!("{}/quarantine/app:5", reg.host)));
     let (entry, _) = list.find(&image).await.unwrap().unwrap();
     assert!(entry.registry.as_ref().unwrap().get("status").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_playbook_quarantines_an_image_through_the_engine_and_riposte_revert_moves_it_back() {
+    let mut scene = Scene::new("reg-engine");
+    let reg = RegistryServer::start();
+    let (reference, digest) = reg.push(&mut scene, "shop/cart", "9", &[]);
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("riposte.yaml");
+    riposte_tests::write(
+        &cfg,
+        &format!(
+            "connectors:\n  registry:\n    type: registry\n    url: {}\n    on_revoke: quarantine\n",
+            reg.url
+        ),
+    );
+    riposte_tests::write(
+        &work.path().join("pb/revoke.yaml"),
+        &format!(
+            r#"apiVersion: riposte/v1
+kind: Playbook
+metadata:
+  name: revoke-cart
+spec:
+  mode: enforce
+  match:
+    sources: [falco]
+    when: event.title == "Cart image compromised"
+  steps:
+    - id: revoke
+      action: registry.revoke
+      with: {{ image: "{reference}", reason: "CVE-2024-3094", findings: [CVE-2024-3094] }}
+"#
+        ),
+    );
+    let _engine =
+        riposte_tests::Engine::start(&nats.url, &work.path().join("pb"), Some(&cfg), work.path());
+    let client = nats.client().await;
+    let alert =
+        riposte_tests::falco_alert("cart-1", "Cart image compromised", "Critical", "c1", "shop");
+    riposte_tests::publish(&client, "falco.critical.cart", &[alert]).await;
+    let records = riposte_tests::wait_for(
+        &nats.url,
+        std::time::Duration::from_secs(40),
+        "the revoke step",
+        |r| {
+            r.iter()
+                .any(|x| x.record == RecordKind::Step && x.step.as_deref() == Some("revoke"))
+        },
+    );
+    let step = records
+        .iter()
+        .find(|x| x.record == RecordKind::Step && x.step.as_deref() == Some("revoke"))
+        .unwrap();
+    assert_eq!(step.outcome, "ok", "{step:#?}");
+    let run = step.run_id.clone().unwrap();
+    assert!(!pulls(&reference));
+    assert!(pulls(&format!("{}/quarantine/shop/cart:9", reg.host)));
+
+    // The entry names the event, playbook and run the engine ran it for, and the change is
+    // in the audit trail.
+    let list = list(&nats).await;
+    let image = ImageRef::parse(&format!("{reference}@{digest}")).unwrap();
+    let (entry, _) = list.find(&image).await.unwrap().unwrap();
+    assert_eq!(entry.event_id.as_deref(), Some("cart-1"));
+    assert_eq!(entry.playbook.as_deref(), Some("revoke-cart"));
+    assert_eq!(entry.run_id.as_deref(), Some(run.as_str()));
+    assert!(records.iter().any(|r| r.record == RecordKind::Revocation));
+
+    let out = riposte_tests::cli(&["revert", &run, "--nats", &nats.url, "--as", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pulls(&reference), "back in its repository");
+    let (entry, _) = list.find(&image).await.unwrap().unwrap();
+    assert_eq!(entry.state, State::Reinstated);
+    assert_eq!(entry.reinstated.unwrap().by, "alice");
 }
