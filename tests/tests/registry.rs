@@ -186,6 +186,22 @@ async fn revoke_records_digest_reference_reason_findings_and_run_and_is_done_onc
         .unwrap()
         .is_some());
 
+    // A report with thousands of findings revokes with the first thousand distinct ids.
+    let many: Vec<String> = (0..5000)
+        .map(|i| format!("CVE-2024-{}", i % 4500))
+        .collect();
+    let out = run(
+        &q,
+        "revoke",
+        json!({"image": "ghcr.io/acme/api:3", "reason": "x".repeat(5000), "findings": many}),
+    )
+    .await
+    .unwrap()
+    .output;
+    assert_eq!(out["entry"]["findings"].as_array().unwrap().len(), 1000);
+    assert_eq!(out["findings_left_out"], 3500);
+    assert_eq!(out["entry"]["reason"].as_str().unwrap().len(), 1000);
+
     // The default instance records without any registry.
     let deps = Deps {
         revocations: Some(list.clone()),

@@ -10,6 +10,11 @@ use crate::revocation::{normalize_digest, Decision, ImageRef, ListError, Revocat
 use crate::spec::given;
 use crate::{Args, ConnectorError, Output};
 
+/// How many finding ids one revocation keeps.
+const MAX_FINDINGS: usize = 1000;
+/// How long one finding id may be.
+const MAX_FINDING_LEN: usize = 200;
+
 /// The platform `inspect` describes when an image has several.
 const PREFERRED_PLATFORM: &str = "linux/amd64";
 
@@ -79,26 +84,38 @@ pub(super) fn mode_arg(c: &RegistryConnector, args: &Args) -> Result<OnRevoke, C
     }
 }
 
-pub(super) fn findings_arg(args: &Args) -> Result<Vec<String>, ConnectorError> {
-    match args.get("findings") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
+pub(super) fn findings_arg(args: &Args) -> Result<(Vec<String>, usize), ConnectorError> {
+    let bad = || ConnectorError::invalid("revoke", "`findings` must be a list of strings");
+    let raw: Vec<String> = match args.get("findings") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
                 Value::Number(n) => Ok(n.to_string()),
-                _ => Err(ConnectorError::invalid(
-                    "revoke",
-                    "`findings` must be a list of strings",
-                )),
+                _ => Err(bad()),
             })
-            .collect(),
-        Some(_) => Err(ConnectorError::invalid(
-            "revoke",
-            "`findings` must be a list of strings",
-        )),
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad()),
+    };
+    // A report with thousands of findings still revokes; the entry keeps the first distinct
+    // ids, each cut to a sane length, so it stays one KV value.
+    let mut ids: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut left_out = 0;
+    for id in raw {
+        let id: String = id.trim().chars().take(MAX_FINDING_LEN).collect();
+        if id.is_empty() || !seen.insert(id.clone()) {
+            continue;
+        }
+        if ids.len() < MAX_FINDINGS {
+            ids.push(id);
+        } else {
+            left_out += 1;
+        }
     }
+    Ok((ids, left_out))
 }
 
 /// The instance's registry when it holds `image`.

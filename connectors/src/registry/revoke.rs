@@ -21,14 +21,34 @@ use crate::revocation::{Decision, ImageRef, Revocation, RevocationList, State};
 use crate::spec::given;
 use crate::{Args, ConnectorError, Output};
 
+/// How much of a reason is kept.
+const MAX_REASON: usize = 1000;
+
 /// `revoke`: record, then record-only, quarantine or delete.
 pub(super) async fn revoke(c: &RegistryConnector, args: &Args) -> Result<Output, ConnectorError> {
+    let (findings, left_out) = findings_arg(args)?;
+    let mut out = revoke_with(c, args, findings).await?;
+    if left_out > 0 {
+        if let Some(o) = out.output.as_object_mut() {
+            o.insert("findings_left_out".to_owned(), json!(left_out));
+        }
+    }
+    Ok(out)
+}
+
+async fn revoke_with(
+    c: &RegistryConnector,
+    args: &Args,
+    findings: Vec<String>,
+) -> Result<Output, ConnectorError> {
     let action = "revoke";
     let mut image = image_arg(action, args)?;
-    let reason = given(args, "reason")
+    // Admission and the AuthZ plugin show the reason: a sentence, not a report.
+    let reason: String = given(args, "reason")
         .ok_or_else(|| ConnectorError::invalid(action, "`reason` is empty"))?
-        .to_owned();
-    let findings = findings_arg(args)?;
+        .chars()
+        .take(MAX_REASON)
+        .collect();
     let mode = mode_arg(c, args)?;
     let list = the_list(c)?;
     let reg = target(c, &image);
