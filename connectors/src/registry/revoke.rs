@@ -127,9 +127,10 @@ async fn revoke_with(
         };
         entry.registry = Some(done.clone());
         let (change, already) = list.revoke(entry).await.map_err(list_err)?;
+        // Another run got there first: what it revoked is its to undo.
         return Ok(Output {
             output: json!({"key": key, "entry": change.entry, "already": already, "registry": done}),
-            undo,
+            undo: undo.filter(|_| !already),
         });
     };
     entry.registry = Some(json!({
