@@ -345,7 +345,10 @@ async fn wait_seen(seen: &Seen, id: &str, deadline: Instant) -> Option<Instant> 
     }
 }
 
-async fn wait_for_consumer(js: &async_nats::jetstream::Context, config: &Config) -> Result<()> {
+pub(super) async fn wait_for_consumer(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+) -> Result<()> {
     for _ in 0..300 {
         if let Ok(s) = js.get_stream(&config.engine.names.events_stream).await {
             if s.get_consumer::<async_nats::jetstream::consumer::pull::Config>(

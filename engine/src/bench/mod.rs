@@ -10,9 +10,12 @@
 //!
 //! `riposte bench containment` ([`containment`]) measures the time from an alert to a real
 //! container being paused or quarantined; `riposte bench ingest` ([`ingest`]) the ingest
-//! gateway's throughput and latency against a plain JetStream publish loop.
+//! gateway's throughput and latency against a plain JetStream publish loop;
+//! `riposte bench images` ([`images`]) admission decisions against a large revocation list and
+//! the time from a scan report to its revocation.
 
 pub mod containment;
+pub mod images;
 pub mod ingest;
 pub mod kubernetes;
 
@@ -72,6 +75,9 @@ pub enum Other {
     /// Latency of the Kubernetes connector's containment against a real API server: enrich,
     /// isolate and release N pods, one at a time and all at once.
     Kubernetes(kubernetes::KubeBenchArgs),
+    /// Admission decision latency with N revoked images, and the time from a scan report on
+    /// NATS to its image being in the revocation list.
+    Images(images::ImagesBenchArgs),
 }
 
 /// The value at fraction `p` of sorted samples (NaN when there are none).
@@ -147,6 +153,7 @@ pub async fn run(a: BenchArgs) -> Result<i32> {
         Some(Other::Containment(c)) => return containment::run(c).await,
         Some(Other::Ingest(i)) => return ingest::run(i).await,
         Some(Other::Kubernetes(k)) => return kubernetes::run(k).await,
+        Some(Other::Images(i)) => return images::run(i).await,
         None => {}
     }
     if a.playbooks == 0 || a.events == 0 {
