@@ -2,7 +2,7 @@
 //! /var/run/docker.sock (an authorization plugin refuses requests daemon-wide).
 //!
 //! [`Dockerd::prepare`] picks its paths, [`Dockerd::start`] runs Debian's dockerd with its own data root, exec root, pid file and
-//! socket in a temporary directory, no bridge and no iptables rules, the `vfs` storage driver
+//! socket in a temporary directory, a bridge of its own and no iptables rules, the `vfs` storage driver
 //! (nothing to mount), and optionally an authorization plugin found through a spec file
 //! `/etc/docker/plugins/<name>.spec`. Dropping it stops the daemon, removes the spec file and
 //! its directories. [`Dockerd::import_busybox`] loads an image made from Debian's static
@@ -23,7 +23,35 @@ pub struct Dockerd {
     /// Its log.
     pub log: PathBuf,
     spec: Option<PathBuf>,
+    bridge: Option<String>,
     dir: Option<tempfile::TempDir>,
+}
+
+/// Makes a bridge interface for one daemon: `--bridge=none` would not do, since dockerd then
+/// deletes the host's `docker0`, which the shared daemon's containers need.
+fn make_bridge() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tag = (std::process::id() % 200) * 50 + n % 50;
+    let name = format!("rdk{tag}");
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `ip`: {e}; install iproute2"));
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = Command::new("ip").args(["link", "del", &name]).output();
+    ip(&["link", "add", "name", &name, "type", "bridge"]);
+    let addr = format!("10.{}.{}.1/24", 200 + tag / 250, tag % 250);
+    ip(&["addr", "add", &addr, "dev", &name]);
+    ip(&["link", "set", &name, "up"]);
+    name
 }
 
 impl Dockerd {
@@ -40,6 +68,7 @@ impl Dockerd {
             host: format!("unix://{}", dir.path().join("docker.sock").display()),
             log: dir.path().join("dockerd.log"),
             spec: None,
+            bridge: None,
             dir: Some(dir),
         }
     }
@@ -55,6 +84,7 @@ impl Dockerd {
             });
         let dir = self.dir.as_ref().unwrap().path().to_owned();
         let d = dir.as_path();
+        let bridge = make_bridge();
         let mut cmd = Command::new(dockerd);
         cmd.arg("--host")
             .arg(&self.host)
@@ -65,12 +95,13 @@ impl Dockerd {
             .arg("--pidfile")
             .arg(d.join("dockerd.pid"))
             .args([
-                "--bridge=none",
+                &format!("--bridge={bridge}"),
                 "--iptables=false",
                 "--ip-masq=false",
                 "--storage-driver=vfs",
                 "--log-level=info",
             ]);
+        self.bridge = Some(bridge);
         if let Some((name, socket)) = plugin {
             std::fs::create_dir_all(PLUGIN_SPEC_DIR).unwrap();
             let path = Path::new(PLUGIN_SPEC_DIR).join(format!("{name}.spec"));
@@ -178,6 +209,9 @@ impl Drop for Dockerd {
         }
         if let Some(spec) = self.spec.take() {
             let _ = std::fs::remove_file(spec);
+        }
+        if let Some(bridge) = self.bridge.take() {
+            let _ = Command::new("ip").args(["link", "del", &bridge]).output();
         }
         if let Some(dir) = self.dir.take() {
             // dockerd bind-mounts its data root onto itself; a daemon that failed to start
