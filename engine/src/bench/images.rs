@@ -143,7 +143,7 @@ fn entry(i: usize) -> Revocation {
 }
 
 fn review(i: usize, revoked: usize) -> Value {
-    let bad = i % 10 == 0 && revoked > 0;
+    let bad = i.is_multiple_of(10) && revoked > 0;
     let image = if bad {
         format!(
             "registry.bench/team-{}/app-{}:1.{}",
@@ -189,7 +189,9 @@ fn time_admission(index: &Arc<RevocationIndex>, revoked: usize, n: usize) -> (Ve
     let mut out = Vec::with_capacity(n);
     let mut denied = 0;
     for i in 0..n {
-        let body = &bodies[i % bodies.len()];
+        let Some(body) = bodies.get(i % bodies.len()) else {
+            continue;
+        };
         let t0 = Instant::now();
         let verdict = crate::images::admission::decide(body, index, Undecided::Allow);
         out.push(t0.elapsed().as_secs_f64() * 1e6);
