@@ -80,7 +80,7 @@ fn check_names_every_problem_with_its_position_and_exits_1() {
         format!("{f}:18:17: `log.info` has no parameter `colour` (it has: message)"),
         format!("{f}:19:11: step id `first` is used twice"),
         format!(
-            "{f}:20:15: unknown connector `firewall` (configured: docker, kubernetes, log, nats)"
+            "{f}:20:15: unknown connector `firewall` (configured: docker, kubernetes, log, nats, registry)"
         ),
         format!("{f}:22:15: connector `log` (log) has no action `shout` (it has: info, warn)"),
         format!(
