@@ -176,6 +176,77 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// An image named by an action's `image` argument (a reference, or a bare `sha256:<hex>`) and
+/// its optional `digest` argument, checked: what the actions that look for an image read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageArg {
+    /// The reference, normalized; `None` for a bare `sha256:<hex>`.
+    pub image: Option<ImageRef>,
+    /// A bare `sha256:<hex>` given as `image` (an image id, or a manifest digest).
+    pub bare: Option<String>,
+    /// The manifest digest: `digest`, else the reference's, else the bare one.
+    pub digest: Option<String>,
+}
+
+impl ImageArg {
+    /// Reads the two arguments; the error says which is wrong.
+    pub fn read(image: Option<&str>, digest: Option<&str>) -> Result<ImageArg, String> {
+        fn given(v: Option<&str>) -> Option<&str> {
+            v.map(str::trim).filter(|s| !s.is_empty())
+        }
+        let image =
+            given(image).ok_or_else(|| "`image` is empty: the event names no image".to_owned())?;
+        let digest = match given(digest) {
+            None => None,
+            Some(d) => Some(normalize_digest(d).ok_or_else(|| {
+                format!(
+                    "`digest` `{}` is not sha256:<64 hex>",
+                    d.chars().take(100).collect::<String>()
+                )
+            })?),
+        };
+        let (image, bare) = match normalize_digest(image) {
+            Some(b) => (None, Some(b)),
+            None => (
+                Some(ImageRef::parse(image).map_err(|e| e.to_string())?),
+                None,
+            ),
+        };
+        let digest = digest
+            .or_else(|| image.as_ref().and_then(|i| i.digest.clone()))
+            .or_else(|| bare.clone());
+        Ok(ImageArg {
+            image,
+            bare,
+            digest,
+        })
+    }
+
+    /// `registry/repository:tag` of the reference, when it has a tag.
+    pub fn tagged(&self) -> Option<String> {
+        self.image.as_ref().and_then(ImageRef::tagged)
+    }
+
+    /// How another image reference (a container's or a pod's) names this image, if it does:
+    /// `reference` (the same tagged reference) or `digest` (the same digest). A bare
+    /// `sha256:<hex>` names no reference.
+    pub fn matches_reference(&self, reference: &str) -> Option<&'static str> {
+        if normalize_digest(reference).is_some() {
+            return None;
+        }
+        let theirs = ImageRef::parse(reference).ok()?;
+        if let Some(mine) = self.tagged() {
+            if theirs.tagged().as_deref() == Some(mine.as_str()) {
+                return Some("reference");
+            }
+        }
+        match (&self.digest, &theirs.digest) {
+            (Some(a), Some(b)) if a == b => Some("digest"),
+            _ => None,
+        }
+    }
+}
+
 /// `sha256:<64 lowercase hex>` from any case, or `None`.
 pub fn normalize_digest(d: &str) -> Option<String> {
     let hex = d.trim().strip_prefix("sha256:")?;

@@ -20,7 +20,7 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use serde_json::{json, Value};
 
 use super::daemon::Daemon;
-use crate::revocation::{normalize_digest, ImageRef};
+use crate::revocation::{normalize_digest, ImageArg};
 use crate::{Args, ConnectorError, Output};
 
 /// The title of every element, which the follow-up playbook matches.
@@ -29,12 +29,9 @@ pub(crate) const TITLE: &str = "revoked image running";
 /// What `find_by_image` looks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Wanted {
-    /// The reference, normalized; `None` when an image id was given instead.
-    pub image: Option<ImageRef>,
-    /// A manifest digest (from `digest`, or the reference's `@sha256:`).
-    pub digest: Option<String>,
-    /// An image id given as `sha256:<hex>` in `image`.
-    pub id: Option<String>,
+    /// The image: a reference, or an image id given as `sha256:<hex>` (`bare`), and a
+    /// manifest digest (from `digest`, or the reference's `@sha256:`).
+    pub arg: ImageArg,
     /// Stopped containers too.
     pub all: bool,
     /// Why the image is revoked, copied into each element.
@@ -50,36 +47,10 @@ impl Wanted {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
         };
-        let image = text("image").ok_or_else(|| {
-            ConnectorError::invalid(action, "`image` is empty: the event names no image")
-        })?;
-        let digest = match text("digest") {
-            None => None,
-            Some(d) => Some(normalize_digest(d).ok_or_else(|| {
-                ConnectorError::invalid(
-                    action,
-                    format!("`digest` `{}` is not sha256:<64 hex>", cut(d)),
-                )
-            })?),
-        };
-        let (image, id) = match normalize_digest(image) {
-            // A bare `sha256:<hex>`: an image id, or a manifest digest.
-            Some(id) => (None, Some(id)),
-            None => (
-                Some(
-                    ImageRef::parse(image)
-                        .map_err(|e| ConnectorError::invalid(action, e.to_string()))?,
-                ),
-                None,
-            ),
-        };
-        let digest = digest
-            .or_else(|| image.as_ref().and_then(|i| i.digest.clone()))
-            .or_else(|| id.clone());
+        let arg = ImageArg::read(text("image"), text("digest"))
+            .map_err(|e| ConnectorError::invalid(action, e))?;
         Ok(Wanted {
-            image,
-            digest,
-            id,
+            arg,
             all: args.get("all").and_then(Value::as_bool).unwrap_or(false),
             reason: text("reason").map(str::to_owned),
         })
@@ -87,8 +58,8 @@ impl Wanted {
 
     /// The image as the elements and plans name it.
     pub(crate) fn display(&self) -> String {
-        match (&self.image, &self.id) {
-            (Some(i), _) => match (&i.tagged(), &self.digest) {
+        match (&self.arg.image, &self.arg.bare) {
+            (Some(i), _) => match (&i.tagged(), &self.arg.digest) {
                 (Some(t), Some(d)) => format!("{t}@{d}"),
                 (Some(t), None) => t.clone(),
                 (None, _) => i.to_string(),
@@ -111,27 +82,11 @@ impl Wanted {
         )
     }
 
-    /// How a container's reference matches, if it does.
+    /// How a container's reference matches, if it does (an image id, which the daemon shows
+    /// when the reference moved on since, names none).
     fn by_reference(&self, reference: &str) -> Option<&'static str> {
-        if normalize_digest(reference).is_some() {
-            // The daemon shows an image id when the reference moved on since.
-            return None;
-        }
-        let theirs = ImageRef::parse(reference).ok()?;
-        if let Some(mine) = self.image.as_ref().and_then(ImageRef::tagged) {
-            if theirs.tagged().as_deref() == Some(mine.as_str()) {
-                return Some("reference");
-            }
-        }
-        match (&self.digest, &theirs.digest) {
-            (Some(a), Some(b)) if a == b => Some("digest"),
-            _ => None,
-        }
+        self.arg.matches_reference(reference)
     }
-}
-
-fn cut(s: &str) -> String {
-    s.chars().take(100).collect()
 }
 
 /// Lists the containers and keeps those that run the image.
@@ -147,7 +102,7 @@ pub(crate) async fn find(daemon: &Daemon, wanted: &Wanted) -> Result<Output, Con
         Err(e) => return Err(daemon.fail(e, what).await),
     };
     // The local image the reference (or id) names, for matching by image id.
-    let local_id = match (&wanted.id, &wanted.image) {
+    let local_id = match (&wanted.arg.bare, &wanted.arg.image) {
         (Some(id), _) => Some(id.clone()),
         (None, Some(image)) => {
             let name = image.tagged().unwrap_or_else(|| image.to_string());
@@ -166,7 +121,7 @@ pub(crate) async fn find(daemon: &Daemon, wanted: &Wanted) -> Result<Output, Con
             matched = Some("image id");
         }
         if matched.is_none() && !image_id.is_empty() {
-            if let Some(d) = &wanted.digest {
+            if let Some(d) = &wanted.arg.digest {
                 if !digests.contains_key(&image_id) {
                     let repo_digests = image_of(daemon, &image_id)
                         .await?
@@ -212,7 +167,7 @@ pub(crate) async fn find(daemon: &Daemon, wanted: &Wanted) -> Result<Output, Con
             "severity": "high",
             "summary": summary,
             "revokedImage": revoked,
-            "revokedDigest": wanted.digest,
+            "revokedDigest": wanted.arg.digest,
             "matchedBy": how,
             "reason": wanted.reason,
         }));
@@ -303,7 +258,7 @@ mod tests {
     #[test]
     fn digests_match_in_the_reference_or_the_argument() {
         let w = wanted(json!({ "image": format!("registry.local/app@{D}") })).unwrap();
-        assert_eq!(w.digest.as_deref(), Some(D));
+        assert_eq!(w.arg.digest.as_deref(), Some(D));
         assert_eq!(
             w.by_reference(&format!("other.example/app:2@{D}")),
             Some("digest")
@@ -311,7 +266,7 @@ mod tests {
         let w = wanted(json!({ "image": "registry.local/app:2", "digest": D.to_uppercase().replace("SHA256", "sha256") })).unwrap();
         assert_eq!(w.display(), format!("registry.local/app:2@{D}"));
         let w = wanted(json!({ "image": D })).unwrap();
-        assert_eq!(w.id.as_deref(), Some(D));
+        assert_eq!(w.arg.bare.as_deref(), Some(D));
         assert!(w.describe().contains(D));
     }
 

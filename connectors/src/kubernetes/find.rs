@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::api::{check_name, Verb};
 use super::target::Kind;
 use super::Ctx;
-use crate::revocation::{normalize_digest, ImageRef};
+use crate::revocation::{normalize_digest, ImageArg};
 use crate::{Args, ConnectorError, Output};
 
 /// The title of every element, which the follow-up playbook matches.
@@ -35,10 +35,9 @@ const MAX_PAGES: usize = 5000;
 /// What `find_by_image` looks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Wanted {
-    /// The normalized reference, `registry/repository:tag`, when it has a tag.
-    pub tagged: Option<String>,
-    /// A manifest digest (from `digest`, or the reference's `@sha256:`).
-    pub digest: Option<String>,
+    /// The image: a reference or a bare digest, and the manifest digest (from `digest`, the
+    /// reference's `@sha256:`, or the bare one).
+    pub arg: ImageArg,
     /// One namespace, or all.
     pub namespace: Option<String>,
     /// The image as elements and plans name it.
@@ -57,30 +56,8 @@ impl Wanted {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
         };
-        let image = text("image").ok_or_else(|| {
-            ConnectorError::invalid(action, "`image` is empty: the event names no image")
-        })?;
-        let digest = match text("digest") {
-            None => None,
-            Some(d) => Some(normalize_digest(d).ok_or_else(|| {
-                ConnectorError::invalid(
-                    action,
-                    format!(
-                        "`digest` `{}` is not sha256:<64 hex>",
-                        d.chars().take(100).collect::<String>()
-                    ),
-                )
-            })?),
-        };
-        let (tagged, digest) = match normalize_digest(image) {
-            // A bare digest.
-            Some(d) => (None, Some(digest.unwrap_or(d))),
-            None => {
-                let r = ImageRef::parse(image)
-                    .map_err(|e| ConnectorError::invalid(action, e.to_string()))?;
-                (r.tagged(), digest.or(r.digest))
-            }
-        };
+        let arg = ImageArg::read(text("image"), text("digest"))
+            .map_err(|e| ConnectorError::invalid(action, e))?;
         let namespace = match text("namespace") {
             None => None,
             Some(ns) => {
@@ -88,15 +65,18 @@ impl Wanted {
                 Some(ns.to_owned())
             }
         };
-        let display = match (&tagged, &digest) {
+        let display = match (arg.tagged(), &arg.digest) {
             (Some(t), Some(d)) => format!("{t}@{d}"),
-            (Some(t), None) => t.clone(),
+            (Some(t), None) => t,
             (None, Some(d)) => d.clone(),
-            (None, None) => image.to_owned(),
+            (None, None) => arg
+                .image
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         };
         Ok(Wanted {
-            tagged,
-            digest,
+            arg,
             namespace,
             display,
             reason: text("reason").map(str::to_owned),
@@ -117,20 +97,15 @@ impl Wanted {
 
     /// How a container's spec image matches, if it does.
     fn by_reference(&self, reference: &str) -> Option<&'static str> {
-        let theirs = ImageRef::parse(reference).ok()?;
-        if self.tagged.is_some() && theirs.tagged() == self.tagged {
-            return Some("reference");
-        }
-        match (&self.digest, &theirs.digest) {
-            (Some(a), Some(b)) if a == b => Some("digest"),
-            _ => None,
-        }
+        self.arg.matches_reference(reference)
     }
 
     /// Whether a status `imageID` (`docker-pullable://repo@sha256:...`, `repo@sha256:...`,
     /// or `sha256:...`) carries the digest.
     fn by_image_id(&self, image_id: &str) -> bool {
-        let Some(d) = &self.digest else { return false };
+        let Some(d) = &self.arg.digest else {
+            return false;
+        };
         let tail = image_id.rsplit_once('@').map_or(image_id, |(_, t)| t);
         normalize_digest(tail).as_deref() == Some(d.as_str())
     }
@@ -229,7 +204,7 @@ pub(crate) async fn find(cx: &Ctx<'_>, wanted: &Wanted) -> Result<Output, Connec
                 "severity": "high",
                 "summary": summary,
                 "revokedImage": wanted.display,
-                "revokedDigest": wanted.digest,
+                "revokedDigest": wanted.arg.digest,
                 "matchedBy": how,
                 "reason": wanted.reason,
             }));
