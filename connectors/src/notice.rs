@@ -291,6 +291,24 @@ impl Notice {
     }
 }
 
+/// `text` HTML-escaped for element content and quoted attribute values; control characters
+/// other than line feed and tab, which HTML does not allow, are dropped.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `text` cut to at most `max` characters, the last one `…` when it was cut. Services refuse or
 /// truncate fields past their documented limits; cutting here keeps the cut visible.
 pub fn clip(text: &str, max: usize) -> String {

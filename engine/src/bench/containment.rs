@@ -24,11 +24,9 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use clap::Args;
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConnectorInstance};
 use crate::embedded::EmbeddedNats;
-use crate::engine;
 
 use super::percentile;
 
@@ -211,11 +209,7 @@ async fn measure(
     )?;
     let server = EmbeddedNats::start(&work.join("nats"), None).await?;
     let url = server.url.clone();
-    let mut config = Config::default_with_bindings();
-    config.metrics.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config.engine.replica = Some("bench".into());
-    config.engine.data_dir = work.join("data");
-    config.limits.max_destructive_actions = u32::MAX;
+    let mut config = super::engine_config(work);
     let mut settings = serde_json::Map::new();
     settings.insert("host".into(), format!("unix://{}", a.socket).into());
     settings.insert(
@@ -232,16 +226,7 @@ async fn measure(
     let result = async {
         let client = async_nats::connect(&url).await.context("connect")?;
         let js = crate::bus::jetstream(client);
-        let shutdown = CancellationToken::new();
-        let engine_task = tokio::spawn(engine::run(
-            engine::Options {
-                config: config.clone(),
-                nats_url: Some(url.clone()),
-                playbooks: pb_dir.clone(),
-            },
-            shutdown.clone(),
-        ));
-        wait_for_consumer(&js, &config).await?;
+        let (engine_task, shutdown) = super::start_engine(&config, &url, &pb_dir, &js).await?;
         let seen: Seen = Arc::default();
         let watcher = tokio::spawn(watch(docker.clone(), a.action.clone(), seen.clone()));
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -23,12 +23,10 @@ use riposte_connectors::revocation::{
     key_for, Decision, Revocation, RevocationIndex, RevocationList, State,
 };
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 use super::percentile;
-use crate::config::{Config, Undecided};
+use crate::config::Undecided;
 use crate::embedded::EmbeddedNats;
-use crate::engine;
 
 /// Arguments of `bench images`.
 #[derive(Debug, Args)]
@@ -278,24 +276,11 @@ async fn scan_to_revoked(work: &Path, scans: usize) -> Result<(Vec<f64>, usize)>
     )?;
     let server = EmbeddedNats::start(&work.join("nats"), None).await?;
     let url = server.url.clone();
-    let mut config = Config::default_with_bindings();
-    config.metrics.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config.engine.replica = Some("bench".into());
-    config.engine.data_dir = work.join("data");
-    config.limits.max_destructive_actions = u32::MAX;
+    let config = super::engine_config(work);
     let result = async {
         let client = async_nats::connect(&url).await.context("connect")?;
         let js = crate::bus::jetstream(client);
-        let shutdown = CancellationToken::new();
-        let engine_task = tokio::spawn(engine::run(
-            engine::Options {
-                config: config.clone(),
-                nats_url: Some(url.clone()),
-                playbooks: pb_dir.clone(),
-            },
-            shutdown.clone(),
-        ));
-        super::containment::wait_for_consumer(&js, &config).await?;
+        let (engine_task, shutdown) = super::start_engine(&config, &url, &pb_dir, &js).await?;
         let list = RevocationList::open(&js, &config.engine.names.kv_prefix, None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -80,6 +80,41 @@ pub enum Other {
     Images(images::ImagesBenchArgs),
 }
 
+/// The config the in-process engine of a latency benchmark runs with: the default bindings,
+/// metrics on a free port, replica `bench`, data below `work`, no cap on destructive actions.
+fn engine_config(work: &std::path::Path) -> Config {
+    let mut config = Config::default_with_bindings();
+    config.metrics.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.engine.replica = Some("bench".into());
+    config.engine.data_dir = work.join("data");
+    config.limits.max_destructive_actions = u32::MAX;
+    config
+}
+
+/// The engine started in-process on `url` with the playbooks of `dir`, once it consumes: its
+/// task and the token that stops it.
+async fn start_engine(
+    config: &Config,
+    url: &str,
+    dir: &std::path::Path,
+    js: &jetstream::Context,
+) -> Result<(
+    tokio::task::JoinHandle<Result<(), engine::EngineError>>,
+    CancellationToken,
+)> {
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(engine::run(
+        engine::Options {
+            config: config.clone(),
+            nats_url: Some(url.to_owned()),
+            playbooks: dir.to_owned(),
+        },
+        shutdown.clone(),
+    ));
+    containment::wait_for_consumer(js, config).await?;
+    Ok((task, shutdown))
+}
+
 /// The value at fraction `p` of sorted samples (NaN when there are none).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
