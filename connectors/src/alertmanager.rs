@@ -357,14 +357,7 @@ impl AlertmanagerConnector {
             req = req.header(k, v);
         }
         let resp = req.send().await.map_err(|e| {
-            let why = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "cannot connect"
-            } else {
-                "request failed"
-            };
-            ConnectorError::Transient(format!("{}: {why}", self.at))
+            ConnectorError::Transient(format!("{}: {}", self.at, crate::http::failure_kind(&e)))
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();

@@ -292,16 +292,10 @@ pub async fn post_bytes(
     for (k, v) in headers {
         req = req.header(*k, v.as_str());
     }
-    let resp = req.send().await.map_err(|e| {
-        let why = if e.is_timeout() {
-            "timed out".to_owned()
-        } else if e.is_connect() {
-            "cannot connect".to_owned()
-        } else {
-            "request failed".to_owned()
-        };
-        ConnectorError::Transient(format!("{at}: {why}"))
-    })?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ConnectorError::Transient(format!("{at}: {}", failure_kind(&e))))?;
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
     let excerpt: String = text.chars().take(300).collect();
@@ -320,6 +314,18 @@ pub async fn post_bytes(
     let body = serde_json::from_str(&text)
         .unwrap_or_else(|_| Value::String(text.chars().take(4096).collect()));
     Ok(Answer { status, body })
+}
+
+/// What kind of failure a request that got no answer met: `timed out`, `cannot connect`, or
+/// `request failed` (all transient).
+pub fn failure_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    }
 }
 
 #[cfg(test)]

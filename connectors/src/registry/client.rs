@@ -58,13 +58,7 @@ impl std::fmt::Debug for Registry {
 }
 
 pub(super) fn transient(at: &str, e: &reqwest::Error) -> ConnectorError {
-    let why = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
+    let why = crate::http::failure_kind(e);
     // The innermost cause (a refused connection, a certificate, a closed connection) says the
     // most; reqwest's own message would repeat the URL.
     let mut cause: &dyn std::error::Error = e;
