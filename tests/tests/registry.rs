@@ -525,29 +525,13 @@ fn bad_settings_and_arguments_say_what_is_wrong() {
 
 /// Base64 (`url`: the URL-safe alphabet without padding, as JWTs use).
 fn base64(bytes: &[u8], url: bool) -> String {
-    let alphabet: &[u8] = if url {
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    if url {
+        URL_SAFE_NO_PAD.encode(bytes)
     } else {
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    };
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(alphabet[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-        if !url {
-            for _ in chunk.len()..3 {
-                out.push('=');
-            }
-        }
+        STANDARD.encode(bytes)
     }
-    out
 }
 
 /// A token the registry trusts: a JWT signed (RS256, with openssl) by the key of `cert`, whose
