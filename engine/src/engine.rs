@@ -210,6 +210,7 @@ async fn serve(
             replica: replica.clone(),
             clock: clock.clone(),
         },
+        config.images.admission.is_some() || config.images.authz.is_some(),
         shutdown.clone(),
     )
     .await

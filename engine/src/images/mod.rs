@@ -72,16 +72,20 @@ pub struct Enforcement {
 }
 
 impl Enforcement {
-    /// Opens the list with its audit recorder and starts following it.
+    /// Opens the list with its audit recorder; with `follow` (an enforcement point is
+    /// configured), the index starts following it, else it stays empty and not ready.
     pub async fn start(
         js: &async_nats::jetstream::Context,
         prefix: &str,
         recorder: AuditRecorder,
+        follow: bool,
         shutdown: CancellationToken,
     ) -> Result<Enforcement, riposte_connectors::revocation::ListError> {
         let list = RevocationList::open(js, prefix, Some(Arc::new(recorder))).await?;
         let index = RevocationIndex::new();
-        tokio::spawn(index.clone().follow(list.clone(), shutdown));
+        if follow {
+            tokio::spawn(index.clone().follow(list.clone(), shutdown));
+        }
         Ok(Enforcement { list, index })
     }
 }
