@@ -18,6 +18,7 @@ pub mod containment;
 pub mod images;
 pub mod ingest;
 pub mod kubernetes;
+pub mod table;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -78,6 +79,10 @@ pub enum Other {
     /// Admission decision latency with N revoked images, and the time from a scan report on
     /// NATS to its image being in the revocation list.
     Images(images::ImagesBenchArgs),
+    /// The README's table in one run: raw consumer and I/O ceiling, the engine with 1, 100 and
+    /// 1,000 playbooks and with 1 and N replicas (`riposte run` child processes), latency at
+    /// fixed offered rates, resident memory, and a soak of a million events.
+    Table(table::TableArgs),
 }
 
 /// The config the in-process engine of a latency benchmark runs with: the default bindings,
@@ -189,6 +194,7 @@ pub async fn run(a: BenchArgs) -> Result<i32> {
         Some(Other::Ingest(i)) => return ingest::run(i).await,
         Some(Other::Kubernetes(k)) => return kubernetes::run(k).await,
         Some(Other::Images(i)) => return images::run(i).await,
+        Some(Other::Table(t)) => return table::run(t).await,
         None => {}
     }
     if a.playbooks == 0 || a.events == 0 {
@@ -269,39 +275,7 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
     };
 
     // 1. The raw rate: a plain durable pull consumer acking each message.
-    js.create_or_update_stream(stream::Config {
-        name: "BENCH_RAW".into(),
-        subjects: vec!["benchraw.>".into()],
-        ..Default::default()
-    })
-    .await?;
-    publish_all(&js, bodies("benchraw.warning", a.events, 0)).await?;
-    let raw = js
-        .get_stream("BENCH_RAW")
-        .await?
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("raw".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            max_ack_pending: 4096,
-            ..Default::default()
-        })
-        .await?;
-    let started = Instant::now();
-    let mut msgs = raw.stream().max_messages_per_batch(1000).messages().await?;
-    let mut n = 0usize;
-    while n < a.events {
-        match msgs.next().await {
-            Some(Ok(m)) => {
-                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                n += 1;
-            }
-            Some(Err(e)) => bail!("raw consumer: {e}"),
-            None => break,
-        }
-    }
-    let raw_rate = n as f64 / started.elapsed().as_secs_f64();
-    drop(msgs);
-    js.delete_stream("BENCH_RAW").await?;
+    let raw_rate = raw_consumer(&js, a.events, bodies("benchraw.warning", a.events, 0)).await?;
 
     // 2. The ceiling of any engine that stores one audit message per event before its ack: the
     //    same consumer, the same concurrency as the engine, one stored publish per event.
@@ -337,15 +311,92 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
     let engine_rate = a.events as f64 / started.elapsed().as_secs_f64();
 
     // 4. Latency at a fixed offered rate: publish time to the run's audit record.
+    let lat = latency(&client, &js, &config, a.rate, a.seconds, rules, a.events).await?;
+    shutdown.cancel();
+    engine_task.await??;
+    let pct = |p: f64| percentile(&lat, p);
+    Ok(Figures {
+        raw_consumer_per_sec: raw_rate,
+        io_ceiling_per_sec: ceiling_rate,
+        engine_per_sec: engine_rate,
+        ratio: engine_rate / raw_rate,
+        ratio_to_ceiling: engine_rate / ceiling_rate,
+        offered_per_sec: a.rate,
+        latency_samples: lat.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        rss_mib: rss_mib(),
+    })
+}
+
+/// Publishes `bodies` to a stream of their own, then drains them with a plain durable pull
+/// consumer acknowledging each message: events per second. The stream is deleted afterwards.
+async fn raw_consumer(
+    js: &jetstream::Context,
+    n: usize,
+    bodies: Vec<(String, Vec<u8>)>,
+) -> Result<f64> {
+    js.create_or_update_stream(stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["benchraw.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    publish_all(js, bodies).await?;
+    let raw = js
+        .get_stream("BENCH_RAW")
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 4096,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut msgs = raw.stream().max_messages_per_batch(1000).messages().await?;
+    let mut done = 0usize;
+    while done < n {
+        match msgs.next().await {
+            Some(Ok(m)) => {
+                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                done += 1;
+            }
+            Some(Err(e)) => bail!("raw consumer: {e}"),
+            None => break,
+        }
+    }
+    let rate = done as f64 / started.elapsed().as_secs_f64();
+    drop(msgs);
+    js.delete_stream("BENCH_RAW").await?;
+    Ok(rate)
+}
+
+/// Publishes `rate × seconds` Falco alerts at `rate` per second (ids from `bench-{offset}`,
+/// rules `0..rules` in turn) to a running engine and returns, sorted, the milliseconds from
+/// each publication to the run record the engine audits for it. Events without a run record
+/// within a minute of the last publication are left out.
+async fn latency(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    config: &Config,
+    rate: u64,
+    seconds: u64,
+    rules: usize,
+    offset: usize,
+) -> Result<Vec<f64>> {
+    let rules = rules.max(1);
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut sub = client
         .subscribe(format!("{}.records", config.engine.names.audit_subject))
         .await?;
-    let total = usize::try_from(a.rate.saturating_mul(a.seconds)).unwrap_or(usize::MAX);
+    let total = usize::try_from(rate.saturating_mul(seconds)).unwrap_or(usize::MAX);
     let seen = sent.clone();
+    let limit = Duration::from_secs(seconds.saturating_add(60));
     let collector = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(total);
-        let deadline = tokio::time::sleep(Duration::from_secs(120));
+        let deadline = tokio::time::sleep(limit);
         tokio::pin!(deadline);
         while lat.len() < total {
             tokio::select! {
@@ -367,10 +418,9 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
         }
         lat
     });
-    let interval = Duration::from_nanos(1_000_000_000 / a.rate.max(1));
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let offset = a.events;
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..total {
         tick.tick().await;
@@ -396,23 +446,8 @@ async fn measure(a: &BenchArgs, work: &std::path::Path, url: &str) -> Result<Fig
         r?;
     }
     let mut lat = collector.await?;
-    shutdown.cancel();
-    engine_task.await??;
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| percentile(&lat, p);
-    Ok(Figures {
-        raw_consumer_per_sec: raw_rate,
-        io_ceiling_per_sec: ceiling_rate,
-        engine_per_sec: engine_rate,
-        ratio: engine_rate / raw_rate,
-        ratio_to_ceiling: engine_rate / ceiling_rate,
-        offered_per_sec: a.rate,
-        latency_samples: lat.len(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: lat.last().copied().unwrap_or(f64::NAN),
-        rss_mib: rss_mib(),
-    })
+    Ok(lat)
 }
 
 /// Drains `n` events with 256 in flight, each storing a 1.2 KB message with a message id and
