@@ -1,7 +1,9 @@
 //! Matching: which playbooks run for an event.
 //!
-//! Playbooks are indexed by source and, when their condition requires an exact title, by
-//! title, so only candidates are looked at. A candidate's native clauses are checked first;
+//! Playbooks are indexed by source and, when their condition requires a field to equal a text
+//! (`event.title == "..."`, `event.labels.team == "..."`, `event.resource.pod.namespace ==
+//! "..."`, ...), by that field's value, so only candidates are looked at: the cost of matching an
+//! event does not grow with the number of such playbooks. A candidate's native clauses are checked first;
 //! Rhai runs only for conditions that need it, against the event converted once
 //! ([`EventView`]). A condition that errors is "no match" with the error as its reason: it
 //! never stops the engine.
@@ -12,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use rhai::{Dynamic, Scope};
 
 use crate::event::{Event, Source};
+use crate::playbook::condition::{Field, Predicate};
 use crate::playbook::Playbook;
 use crate::script::{event_to_dynamic, Sandbox};
 
@@ -80,8 +83,42 @@ pub struct Matches {
 
 #[derive(Debug, Default)]
 struct SourceIndex {
-    by_title: HashMap<String, Vec<usize>>,
+    /// For each field some playbook requires, the playbooks by the value they require.
+    by_field: Vec<(Field, HashMap<String, Vec<usize>>)>,
+    /// Playbooks that require no field to equal a text.
     others: Vec<usize>,
+}
+
+impl SourceIndex {
+    fn add(&mut self, key: Option<(&Field, &str)>, i: usize) {
+        let Some((field, value)) = key else {
+            self.others.push(i);
+            return;
+        };
+        let pos = match self.by_field.iter().position(|(f, _)| f == field) {
+            Some(pos) => pos,
+            None => {
+                self.by_field.push((field.clone(), HashMap::new()));
+                self.by_field.len() - 1
+            }
+        };
+        if let Some((_, values)) = self.by_field.get_mut(pos) {
+            values.entry(value.to_owned()).or_default().push(i);
+        }
+    }
+}
+
+/// The clause a playbook is indexed by: its required title if it has one, else its first other
+/// `event.<field> == "text"` clause.
+fn index_key(pb: &Playbook) -> Option<(&Field, &str)> {
+    let predicates = &pb.condition.as_ref()?.native.predicates;
+    let equals = |title: bool| {
+        predicates.iter().find_map(|p| match p {
+            Predicate::Equals(f, v) if (*f == Field::Title) == title => Some((f, v.as_str())),
+            _ => None,
+        })
+    };
+    equals(true).or_else(|| equals(false))
 }
 
 /// The loaded playbooks, indexed for matching.
@@ -99,19 +136,12 @@ impl Matcher {
         let playbooks: Vec<Arc<Playbook>> = playbooks.into_iter().map(Arc::new).collect();
         let mut by_source: HashMap<Source, SourceIndex> = HashMap::new();
         for (i, pb) in playbooks.iter().enumerate() {
-            let title = pb
-                .condition
-                .as_ref()
-                .and_then(|c| c.native.required_title());
+            let key = index_key(pb);
             for source in Source::ALL {
                 if !pb.sources.is_empty() && !pb.sources.contains(&source) {
                     continue;
                 }
-                let idx = by_source.entry(source).or_default();
-                match title {
-                    Some(t) => idx.by_title.entry(t.to_owned()).or_default().push(i),
-                    None => idx.others.push(i),
-                }
+                by_source.entry(source).or_default().add(key, i);
             }
         }
         Matcher {
@@ -138,14 +168,21 @@ impl Matcher {
         &self.playbooks
     }
 
-    /// The playbooks that may match an event (by source and required title), in load order.
+    /// The playbooks that may match an event (by source and the value of the field each one
+    /// requires), in load order.
     pub fn candidates(&self, event: &Event) -> Vec<&Arc<Playbook>> {
         let Some(idx) = self.by_source.get(&event.source) else {
             return Vec::new();
         };
         let mut ids: Vec<usize> = idx.others.clone();
-        if let Some(titled) = idx.by_title.get(&event.title) {
-            ids.extend_from_slice(titled);
+        let mut found = false;
+        for (field, values) in &idx.by_field {
+            if let Some(hit) = field.read(event).and_then(|v| values.get(v)) {
+                ids.extend_from_slice(hit);
+                found = true;
+            }
+        }
+        if found {
             ids.sort_unstable();
         }
         ids.iter().filter_map(|i| self.playbooks.get(*i)).collect()
@@ -214,5 +251,130 @@ fn describe_predicate(p: &crate::playbook::condition::Predicate, e: &Event) -> S
         },
         Predicate::NotEquals(f, v) => format!("{f} is {v:?}"),
         Predicate::AtLeast(min) => format!("severity {} is below {min}", e.severity),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::Config;
+    use crate::playbook::{load_dir, Catalog};
+
+    fn playbooks(whens: &[(&str, &str)]) -> Vec<Playbook> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, when) in whens {
+            let text = format!(
+                "apiVersion: riposte/v1\nkind: Playbook\nmetadata:\n  name: {name}\nspec:\n  match:\n    sources: [falco]\n    when: '{when}'\n  steps:\n    - id: note\n      action: log.info\n      with:\n        message: hello\n"
+            );
+            std::fs::write(dir.path().join(format!("{name}.yaml")), text).unwrap();
+        }
+        let config = Config::default_with_bindings();
+        let sandbox = Sandbox::new(Arc::new(SystemClock));
+        let (loaded, problems) = load_dir(dir.path(), &Catalog::from_config(&config), &sandbox);
+        assert!(problems.is_empty(), "{problems:?}");
+        loaded
+    }
+
+    fn event() -> Event {
+        let alert = serde_json::json!({
+            "uuid": "m-1",
+            "output": "Warning shell (container=web-1)",
+            "priority": "Warning",
+            "rule": "Terminal shell in container",
+            "time": "2026-11-23T13:44:05.478445995Z",
+            "output_fields": {"container.name": "web-1", "k8s.ns.name": "shop", "k8s.pod.name": "web-1-7f9c"}
+        });
+        let mut events = crate::formats::normalize(
+            Source::Falco,
+            alert.to_string().as_bytes(),
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        events.pop().unwrap()
+    }
+
+    fn names(pbs: Vec<&Arc<Playbook>>) -> Vec<String> {
+        pbs.iter().map(|p| p.name.clone()).collect()
+    }
+
+    #[test]
+    fn only_playbooks_whose_required_values_the_event_has_are_candidates() {
+        let m = Matcher::new(playbooks(&[
+            ("a-title", "event.title == \"Terminal shell in container\""),
+            ("b-other-title", "event.title == \"Something else\""),
+            (
+                "c-namespace",
+                "event.resource.pod.namespace == \"shop\" && at_least(event.severity, \"low\")",
+            ),
+            (
+                "d-other-namespace",
+                "event.resource.pod.namespace == \"bank\"",
+            ),
+            ("e-no-equality", "at_least(event.severity, \"low\")"),
+            (
+                "f-both",
+                "event.resource.container.name == \"web-1\" && event.title == \"Something else\"",
+            ),
+        ]));
+        let e = event();
+        assert_eq!(
+            names(m.candidates(&e)),
+            ["a-title", "c-namespace", "e-no-equality"]
+        );
+        let sandbox = Sandbox::new(Arc::new(SystemClock));
+        let matched = m.matches(&EventView::new(&e, false), &sandbox).matched;
+        let matched: Vec<&str> = matched.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(matched, ["a-title", "c-namespace", "e-no-equality"]);
+    }
+
+    #[test]
+    fn the_index_gives_what_evaluating_every_playbook_gives() {
+        let whens: Vec<(String, String)> = (0..200)
+            .map(|k| {
+                let when = match k % 4 {
+                    0 => format!("event.title == \"Rule {}\"", k % 7),
+                    1 => format!("event.resource.pod.namespace == \"ns-{}\"", k % 5),
+                    2 => format!("event.resource.container.name == \"web-{}\" && glob(\"Rule*\", event.title)", k % 3),
+                    _ => "at_least(event.severity, \"high\")".to_owned(),
+                };
+                (format!("p{k:03}"), when)
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = whens
+            .iter()
+            .map(|(n, w)| (n.as_str(), w.as_str()))
+            .collect();
+        let m = Matcher::new(playbooks(&refs));
+        let sandbox = Sandbox::new(Arc::new(SystemClock));
+        for rule in 0..8 {
+            for ns in 0..6 {
+                let mut e = event();
+                e.title = format!("Rule {rule}");
+                if let Some(pod) = e.resource.pod.as_mut() {
+                    pod.namespace = Some(format!("ns-{ns}"));
+                }
+                if let Some(c) = e.resource.container.as_mut() {
+                    c.name = Some(format!("web-{}", ns % 4));
+                }
+                let view = EventView::new(&e, false);
+                let indexed: Vec<String> = m
+                    .matches(&view, &sandbox)
+                    .matched
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect();
+                let mut scope = None;
+                let every: Vec<String> = m
+                    .playbooks()
+                    .iter()
+                    .filter(|p| verdict(p, &view, &sandbox, &mut scope).is_match())
+                    .map(|p| p.name.clone())
+                    .collect();
+                assert_eq!(indexed, every, "rule {rule}, namespace {ns}");
+                assert!(!every.is_empty());
+            }
+        }
     }
 }
