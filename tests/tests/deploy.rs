@@ -16,7 +16,7 @@
     clippy::indexing_slicing
 )]
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -610,6 +610,10 @@ fn the_image_builds_from_the_dockerfile_and_runs_read_only_as_its_user() {
     .unwrap();
     std::fs::copy(&bin, ctx.join("bin").join("riposte")).unwrap();
     copy_dir(&repo_root().join("playbooks"), &ctx.join("playbooks"));
+    copy_dir(
+        &repo_root().join("deploy").join("data"),
+        &ctx.join("deploy").join("data"),
+    );
     leftovers.images.push(image.clone());
     docker_ok(&[
         "build",
@@ -641,14 +645,14 @@ fn the_image_builds_from_the_dockerfile_and_runs_read_only_as_its_user() {
     .map(|v| serde_json::to_value(v).unwrap())
     .unwrap();
     std::fs::write(&config, manifest["data"]["riposte.yaml"].as_str().unwrap()).unwrap();
-    let run = |name: &str, args: &[&str]| -> String {
+    let run_with = |root: &str, name: &str, args: &[&str]| -> Output {
         let mount = format!("{}:/etc/riposte/config/riposte.yaml:ro", config.display());
         let mut argv = vec![
             "run",
             "--rm",
             "--name",
             name,
-            "--read-only",
+            root,
             "--cap-drop",
             "ALL",
             "--security-opt",
@@ -662,13 +666,40 @@ fn the_image_builds_from_the_dockerfile_and_runs_read_only_as_its_user() {
             &image,
         ];
         argv.extend_from_slice(args);
-        docker_ok(&argv)
+        docker(&argv)
+    };
+    let run = |name: &str, args: &[&str]| run_with("--read-only", name, args);
+    let ok = |out: Output| -> String {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     leftovers.containers.push(format!("{container}-v"));
-    let version = run(&format!("{container}-v"), &["--version"]);
+    let version = ok(run(&format!("{container}-v"), &["--version"]));
     assert!(version.starts_with("riposte "), "{version}");
+    // The data directory (a volume) is the user's; the rest of the tree is not.
+    leftovers.containers.push(format!("{container}-d"));
+    ok(run(
+        &format!("{container}-d"),
+        &["schema", "/var/lib/riposte/schemas"],
+    ));
+    leftovers.containers.push(format!("{container}-r"));
+    let refused = run_with(
+        "--read-only=false",
+        &format!("{container}-r"),
+        &["schema", "/etc/riposte/schemas"],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("ermission denied"),
+        "uid 10001 must not write to /etc/riposte: {refused:?}"
+    );
     leftovers.containers.push(format!("{container}-c"));
-    let checked = run(
+    let checked = ok(run(
         &format!("{container}-c"),
         &[
             "check",
@@ -676,7 +707,7 @@ fn the_image_builds_from_the_dockerfile_and_runs_read_only_as_its_user() {
             "--config",
             "/etc/riposte/config/riposte.yaml",
         ],
-    );
+    ));
     let shipped = std::fs::read_dir(repo_root().join("playbooks"))
         .unwrap()
         .filter(|e| {
