@@ -160,6 +160,9 @@ pub struct Goals {
 pub struct TableFigures {
     /// CPUs this process may use.
     pub cores: usize,
+    /// The machine's one-minute load average when the run started and when it ended (other
+    /// work on the machine lowers every figure).
+    pub load_average: [f64; 2],
     /// Events per throughput run.
     pub events: usize,
     /// Plain pull consumer with ack, events per second.
@@ -281,6 +284,7 @@ impl Bench<'_> {
 }
 
 async fn measure(a: &TableArgs, work: &Path, url: &str) -> Result<TableFigures> {
+    let load_before = load_average();
     let client = async_nats::connect(url).await.context("connect")?;
     let js = crate::bus::jetstream(client.clone());
     let config = Config::default_with_bindings();
@@ -391,6 +395,7 @@ async fn measure(a: &TableArgs, work: &Path, url: &str) -> Result<TableFigures> 
     };
     Ok(TableFigures {
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average: [load_before, load_average()],
         events: a.events,
         raw_consumer_per_sec: raw,
         io_ceiling_per_sec: ceiling,
@@ -602,6 +607,14 @@ async fn drain_rate(
     }
 }
 
+/// The one-minute load average (NaN when it cannot be read).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 /// VmRSS of a process, MiB (NaN when it cannot be read).
 fn process_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -626,9 +639,11 @@ fn goal(met: bool) -> &'static str {
 fn print_table(f: &TableFigures) {
     let rate = |r: f64| format!("{} events/s", thousands(r));
     println!(
-        "riposte bench table: {} events per run, {} cores shared with nats-server, engines are `riposte run` processes, log.info steps",
+        "riposte bench table: {} events per run, {} cores shared with nats-server, engines are `riposte run` processes, log.info steps; load average {:.2} at the start, {:.2} at the end",
         thousands(f.events as f64),
-        f.cores
+        f.cores,
+        f.load_average[0],
+        f.load_average[1]
     );
     println!();
     println!("| measure | value | against the goal |");
