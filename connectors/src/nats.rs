@@ -3,6 +3,9 @@
 //! The payload is sent as JSON (a string payload is sent as is), so one playbook can feed
 //! another or an outside consumer. The subject is checked before anything is sent: no
 //! wildcards, no empty tokens, no white space. The connection is the engine's own, injected.
+//! Each message carries a `Nats-Msg-Id` of its run and step, so a stream that captures the
+//! subject deduplicates a step performed again after a redelivery (within the stream's
+//! duplicate window).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -125,8 +128,16 @@ impl Connector for NatsConnector {
             ConnectorError::Permanent("no NATS connection was given to this connector".to_owned())
         })?;
         let bytes = payload.len();
+        // The same step of the same run always sends the same message id, so a JetStream
+        // stream capturing the subject keeps one copy when a redelivered event sends it again.
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(ctx) = crate::context::current() {
+            if let (Some(run), Some(step)) = (ctx.run_id, ctx.step) {
+                headers.insert("Nats-Msg-Id", format!("{run}:{step}").as_str());
+            }
+        }
         client
-            .publish(subject.clone(), payload)
+            .publish_with_headers(subject.clone(), headers, payload)
             .await
             .map_err(|e| ConnectorError::Transient(format!("publish to `{subject}`: {e}")))?;
         client

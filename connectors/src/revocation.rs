@@ -395,10 +395,12 @@ fn store_err(what: &str, e: impl fmt::Display) -> ListError {
 
 impl RevocationList {
     /// Opens `<prefix>-revocations`, creating it when missing (64 revisions of each entry are
-    /// kept, so an image's history of revocations and reinstatements can be read back).
+    /// kept, so an image's history of revocations and reinstatements can be read back), with
+    /// `replicas` copies; an existing bucket is left as it is.
     pub async fn open(
         js: &async_nats::jetstream::Context,
         prefix: &str,
+        replicas: usize,
         recorder: Option<Arc<dyn ChangeRecorder>>,
     ) -> Result<RevocationList, ListError> {
         let name = bucket_name(prefix);
@@ -408,6 +410,7 @@ impl RevocationList {
                 .create_key_value(kv::Config {
                     bucket: name.clone(),
                     history: 64,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await

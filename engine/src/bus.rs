@@ -75,7 +75,8 @@ pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long audit records are kept for deduplication of a redelivered event's records.
 pub const AUDIT_DEDUP_WINDOW: Duration = Duration::from_secs(30 * 60);
 
-/// Connects to NATS with the config's credentials and TLS (secrets read from their files).
+/// Connects to NATS (`url`: one server, or several of a cluster, comma-separated) with the
+/// config's credentials and TLS (secrets read from their files).
 pub async fn connect(
     cfg: &NatsConfig,
     url: &str,
@@ -121,7 +122,45 @@ pub async fn connect(
             _ => return Err(fail("TLS needs both `cert_file` and `key_file`".to_owned())),
         }
     }
-    opts.connect(url).await.map_err(|e| fail(e.to_string()))
+    // `url` may list several servers of a cluster, comma-separated; the client picks one and
+    // moves to another when it fails.
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| fail(format!("`{s}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    opts.connect(servers.as_slice())
+        .await
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// How long start-up keeps trying to set up a stream, consumer or bucket: on a cluster that
+/// has just started or lost a node, JetStream answers only once its leaders are elected.
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Calls `attempt` until it succeeds or [`SETUP_PATIENCE`] is over, pausing between tries and
+/// logging each failure as about `what`; returns the last failure.
+pub async fn patiently<T, E, F, Fut>(what: &str, mut attempt: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() < SETUP_PATIENCE => {
+                tracing::warn!(error = %e, "cannot set up {what} yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A JetStream context that lets many publishes wait for their acknowledgements at once.
@@ -177,15 +216,31 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &Config) -> Result<
         },
     ];
     let mut events_id = String::new();
-    for cfg in streams {
+    for mut cfg in streams {
         let name = cfg.name.clone();
-        let info = js
-            .create_or_update_stream(cfg)
-            .await
-            .map_err(|e| BusError::Setup {
-                what: format!("stream `{name}`"),
-                reason: e.to_string(),
-            })?;
+        cfg.num_replicas = config.nats.replicas;
+        if let Ok(mut existing) = js.get_stream(&name).await {
+            if let Ok(info) = existing.info().await {
+                let has = info.config.num_replicas;
+                if has != cfg.num_replicas {
+                    tracing::warn!(
+                        stream = %name,
+                        replicas = has,
+                        configured = cfg.num_replicas,
+                        "the stream exists with another number of replicas; left as it is"
+                    );
+                    cfg.num_replicas = has;
+                }
+            }
+        }
+        let info = patiently(&format!("stream `{name}`"), || {
+            js.create_or_update_stream(cfg.clone())
+        })
+        .await
+        .map_err(|e| BusError::Setup {
+            what: format!("stream `{name}`"),
+            reason: e.to_string(),
+        })?;
         if name == names.events_stream {
             events_id = format!("{name}@{}", info.created.unix_timestamp_nanos());
         }
@@ -203,23 +258,23 @@ pub async fn ensure_consumer(
         what: format!("consumer `{}`", names.consumer),
         reason,
     };
-    let stream = js
-        .get_stream(&names.events_stream)
+    let what = format!("consumer `{}`", names.consumer);
+    let stream = patiently(&what, || js.get_stream(&names.events_stream))
         .await
         .map_err(|e| setup(e.to_string()))?;
     let max_pending =
         i64::try_from(config.engine.concurrency.saturating_mul(4)).unwrap_or(i64::MAX);
-    stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(names.consumer.clone()),
-            description: Some("riposte engine replicas".to_owned()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: ACK_WAIT,
-            max_deliver: -1,
-            max_ack_pending: max_pending.max(1024),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
+    let cfg = consumer::pull::Config {
+        durable_name: Some(names.consumer.clone()),
+        description: Some("riposte engine replicas".to_owned()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_deliver: -1,
+        max_ack_pending: max_pending.max(1024),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    patiently(&what, || stream.create_consumer(cfg.clone()))
         .await
         .map_err(|e| setup(e.to_string()))
 }

@@ -730,7 +730,9 @@ async fn revert(a: RevertArgs) -> Result<i32> {
     let url = a.nats.url(&config);
     let client = crate::bus::connect(&config.nats, &url, "riposte revert").await?;
     let js = crate::bus::jetstream(client);
-    let reverts = crate::revert::Reverts::open(&js, &config.engine.names.kv_prefix).await?;
+    let reverts =
+        crate::revert::Reverts::open(&js, &config.engine.names.kv_prefix, config.nats.replicas)
+            .await?;
     let mut out = std::io::stdout().lock();
     if a.list {
         let pending = reverts.list().await?;

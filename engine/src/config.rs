@@ -145,7 +145,7 @@ pub struct AuthzConfig {
 }
 
 /// How to reach NATS.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222`. Absent: embedded server.
@@ -169,6 +169,29 @@ pub struct NatsConfig {
     /// The nats-server program for the embedded server (default: `nats-server` on PATH).
     #[serde(default)]
     pub server_binary: Option<PathBuf>,
+    /// Copies of each stream and KV bucket the engine creates (1 on a single server, 3 on a
+    /// three-node cluster). Applies when they are created; existing ones are left as they are.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: None,
+            credentials_file: None,
+            token_file: None,
+            user: None,
+            password_file: None,
+            tls: None,
+            server_binary: None,
+            replicas: default_replicas(),
+        }
+    }
 }
 
 /// TLS settings, all from files.
@@ -775,6 +798,12 @@ impl Config {
                     known.join(", ")
                 ));
             }
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            problems.push(format!(
+                "nats.replicas must be between 1 and 5 (JetStream's range), not {}",
+                self.nats.replicas
+            ));
         }
         if self.engine.concurrency == 0 {
             problems.push("engine.concurrency must be at least 1".to_owned());

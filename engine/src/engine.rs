@@ -153,9 +153,10 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<(), Engin
     tracing::info!(count = playbooks.len(), dir = %opts.playbooks.display(), "playbooks loaded");
     // The gateway's files are read before anything starts, so a bad one stops the start at once.
     let gateway = match &config.ingest {
-        Some(i) if i.listen.is_some() => {
-            Some(ingest::Prepared::load(i, &config.engine, clock.clone())?)
-        }
+        Some(i) if i.listen.is_some() => Some(
+            ingest::Prepared::load(i, &config.engine, clock.clone())?
+                .with_replicas(config.nats.replicas),
+        ),
         _ => None,
     };
     let mut embedded = None;
@@ -194,7 +195,7 @@ async fn serve(
     let js = bus::jetstream(client.clone());
     let stream_id = bus::ensure_streams(&js, &config).await?;
     let consumer = bus::ensure_consumer(&js, &config).await?;
-    let kv_state = KvState::open(&js, &config.engine.names.kv_prefix).await?;
+    let kv_state = KvState::open(&js, &config.engine.names.kv_prefix, config.nats.replicas).await?;
     let reverts = kv_state.reverts().clone();
     let approvals = kv_state.approvals().clone();
     let state: Arc<dyn StateStore> = Arc::new(kv_state);
@@ -205,6 +206,7 @@ async fn serve(
     let images = Enforcement::start(
         &js,
         &config.engine.names.kv_prefix,
+        config.nats.replicas,
         AuditRecorder {
             audit: audit.clone(),
             replica: replica.clone(),
@@ -296,6 +298,7 @@ async fn serve(
         let groups = Groups::open(
             &js,
             &config.engine.names.kv_prefix,
+            config.nats.replicas,
             GroupSettings {
                 by: n.group_by.clone(),
                 wait: n.group_wait.get(),

@@ -326,9 +326,10 @@ impl Groups {
     pub async fn open(
         js: &jetstream::Context,
         prefix: &str,
+        replicas: usize,
         settings: GroupSettings,
     ) -> Result<Groups, StateError> {
-        let kv = open_bucket(js, &format!("{prefix}-groups"), Duration::ZERO).await?;
+        let kv = open_bucket(js, &format!("{prefix}-groups"), Duration::ZERO, replicas).await?;
         Ok(Groups { kv, settings })
     }
 

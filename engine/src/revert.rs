@@ -105,8 +105,12 @@ fn err(what: &str, e: impl std::fmt::Display) -> StateError {
 
 impl Reverts {
     /// Opens (creating when missing) the bucket `<prefix>-reverts`.
-    pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<Reverts, StateError> {
-        let kv = open_bucket(js, &format!("{prefix}-reverts"), Duration::ZERO).await?;
+    pub async fn open(
+        js: &jetstream::Context,
+        prefix: &str,
+        replicas: usize,
+    ) -> Result<Reverts, StateError> {
+        let kv = open_bucket(js, &format!("{prefix}-reverts"), Duration::ZERO, replicas).await?;
         Ok(Reverts { kv })
     }
 

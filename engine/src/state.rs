@@ -63,26 +63,122 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn record_revert(&self, pending: &Pending) -> Result<(), StateError>;
     /// Keeps a step that waits for approval until it is decided and the run resumed.
     async fn record_approval(&self, pending: &PendingApproval) -> Result<(), StateError>;
+    /// The step ledger's entry for step `step` of run `run_id`, if there is one.
+    async fn step_entry(&self, run_id: &str, step: &str) -> Result<Option<StepEntry>, StateError>;
+    /// Marks a step started: creates its ledger entry, only if there is none. `Some(entry)`
+    /// when another delivery of the run got there first.
+    async fn step_started(
+        &self,
+        run_id: &str,
+        step: &str,
+        entry: &StepEntry,
+    ) -> Result<Option<StepEntry>, StateError>;
+    /// Marks a step finished, with its outcome.
+    async fn step_finished(
+        &self,
+        run_id: &str,
+        step: &str,
+        entry: &StepEntry,
+    ) -> Result<(), StateError>;
 }
 
-/// Opens a KV bucket, creating it (one value per key, entries kept `max_age`, zero: forever)
-/// when it does not exist.
+/// Where a step with side effects stands in the step ledger: written `started` before the
+/// action and `finished` after it, so a redelivered event does not perform it twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepEntry {
+    /// `started` or `finished`.
+    pub state: StepState,
+    /// The replica that performed it.
+    pub replica: String,
+    /// When the entry was written.
+    pub at: DateTime<Utc>,
+    /// How it ended (`ok`, `failed`, `skipped`), once finished.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// The connector's output, once finished.
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
+    /// Why it failed or was skipped.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// What the step's audit record said about its undo.
+    #[serde(default)]
+    pub revert: Option<serde_json::Value>,
+    /// Attempts made.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+}
+
+/// The state of a step in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// The action was begun; it may or may not have been carried out.
+    Started,
+    /// The action ended and its outcome is recorded.
+    Finished,
+}
+
+/// The ledger key of step `step` of run `run_id`: `<run id>.<step id>` (the step id hashed
+/// when it holds characters a key may not).
+pub fn step_key(run_id: &str, step: &str) -> String {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if plain(run_id) && plain(step) {
+        format!("{run_id}.{step}")
+    } else {
+        kv_key(run_id, step)
+    }
+}
+
+/// Opens a KV bucket, creating it (one value per key, entries kept `max_age`, zero: forever,
+/// `replicas` copies) when it does not exist. An existing bucket is left as it is.
 pub async fn open_bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, StateError> {
-    match js.get_key_value(name).await {
-        Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(kv::Config {
+    let store = match js.get_key_value(name).await {
+        Ok(mut store) => {
+            warn_replicas(&mut store, name, replicas).await;
+            store
+        }
+        Err(_) => crate::bus::patiently(&format!("bucket `{name}`"), || {
+            js.create_key_value(kv::Config {
                 bucket: name.to_owned(),
                 history: 1,
                 max_age,
+                num_replicas: replicas,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| StateError(format!("cannot create bucket `{name}`: {e}"))),
+        })
+        .await
+        .map_err(|e| StateError(format!("cannot create bucket `{name}`: {e}")))?,
+    };
+    // On a cluster, a bucket just created (or one whose node has just come back) answers reads
+    // only once its copies have a leader.
+    crate::bus::patiently(&format!("bucket `{name}`"), || store.entry("ready"))
+        .await
+        .map_err(|e| StateError(format!("bucket `{name}` does not answer: {e}")))?;
+    Ok(store)
+}
+
+/// Logs that an existing bucket keeps another number of replicas than configured.
+async fn warn_replicas(store: &mut kv::Store, name: &str, replicas: usize) {
+    if let Ok(status) = store.status().await {
+        let has = status.info.config.num_replicas;
+        if has != replicas {
+            tracing::warn!(
+                bucket = %name,
+                replicas = has,
+                configured = replicas,
+                "the bucket exists with another number of replicas; left as it is"
+            );
+        }
     }
 }
 
@@ -198,6 +294,7 @@ pub struct MemoryState {
     slots: Mutex<HashMap<(String, i64), u32>>,
     reverts: Mutex<Vec<Pending>>,
     approvals: Mutex<Vec<PendingApproval>>,
+    steps: Mutex<HashMap<String, StepEntry>>,
 }
 
 impl MemoryState {
@@ -263,6 +360,37 @@ impl StateStore for MemoryState {
             .push(pending.clone());
         Ok(())
     }
+
+    async fn step_entry(&self, run_id: &str, step: &str) -> Result<Option<StepEntry>, StateError> {
+        let steps = self.steps.lock().map_err(poisoned)?;
+        Ok(steps.get(&step_key(run_id, step)).cloned())
+    }
+
+    async fn step_started(
+        &self,
+        run_id: &str,
+        step: &str,
+        entry: &StepEntry,
+    ) -> Result<Option<StepEntry>, StateError> {
+        let mut steps = self.steps.lock().map_err(poisoned)?;
+        let key = step_key(run_id, step);
+        if let Some(held) = steps.get(&key) {
+            return Ok(Some(held.clone()));
+        }
+        steps.insert(key, entry.clone());
+        Ok(None)
+    }
+
+    async fn step_finished(
+        &self,
+        run_id: &str,
+        step: &str,
+        entry: &StepEntry,
+    ) -> Result<(), StateError> {
+        let mut steps = self.steps.lock().map_err(poisoned)?;
+        steps.insert(step_key(run_id, step), entry.clone());
+        Ok(())
+    }
 }
 
 /// State in JetStream KV buckets, shared by every replica.
@@ -272,6 +400,7 @@ pub struct KvState {
     limits: kv::Store,
     reverts: Reverts,
     approvals: Approvals,
+    steps: kv::Store,
 }
 
 /// How many times a compare-and-set is tried under contention.
@@ -292,16 +421,24 @@ async fn cas_pause(n: u32) {
 }
 /// How long run, dedup and limit entries are kept at most.
 const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long step ledger entries are kept: as long as the events stream keeps an event that
+/// could be delivered again.
+pub const STEPS_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl KvState {
-    /// Opens (creating when missing) the buckets `<prefix>-dedup`, `<prefix>-limits`,
-    /// `<prefix>-reverts` and `<prefix>-approvals`.
-    pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<KvState, StateError> {
+    /// Opens (creating when missing, with `replicas` copies) the buckets `<prefix>-dedup`,
+    /// `<prefix>-limits`, `<prefix>-reverts`, `<prefix>-approvals` and `<prefix>-steps`.
+    pub async fn open(
+        js: &jetstream::Context,
+        prefix: &str,
+        replicas: usize,
+    ) -> Result<KvState, StateError> {
         Ok(KvState {
-            dedup: open_bucket(js, &format!("{prefix}-dedup"), KEEP).await?,
-            limits: open_bucket(js, &format!("{prefix}-limits"), KEEP).await?,
-            reverts: Reverts::open(js, prefix).await?,
-            approvals: Approvals::open(js, prefix).await?,
+            dedup: open_bucket(js, &format!("{prefix}-dedup"), KEEP, replicas).await?,
+            limits: open_bucket(js, &format!("{prefix}-limits"), KEEP, replicas).await?,
+            reverts: Reverts::open(js, prefix, replicas).await?,
+            approvals: Approvals::open(js, prefix, replicas).await?,
+            steps: open_bucket(js, &format!("{prefix}-steps"), STEPS_KEEP, replicas).await?,
         })
     }
 
@@ -422,6 +559,52 @@ impl StateStore for KvState {
 
     async fn record_approval(&self, pending: &PendingApproval) -> Result<(), StateError> {
         self.approvals.request(pending).await
+    }
+
+    async fn step_entry(&self, run_id: &str, step: &str) -> Result<Option<StepEntry>, StateError> {
+        Ok(json_entry(&self.steps, &step_key(run_id, step))
+            .await?
+            .map(|(e, _)| e))
+    }
+
+    async fn step_started(
+        &self,
+        run_id: &str,
+        step: &str,
+        entry: &StepEntry,
+    ) -> Result<Option<StepEntry>, StateError> {
+        let key = step_key(run_id, step);
+        let value: bytes::Bytes = serde_json::to_vec(entry)
+            .map_err(|e| kv_err("encode step entry", e))?
+            .into();
+        match self.steps.create(&key, value).await {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match json_entry::<StepEntry>(&self.steps, &key).await? {
+                    Some((held, _)) => Ok(Some(held)),
+                    None => Err(StateError(format!(
+                        "step ledger `{key}`: created elsewhere but unreadable"
+                    ))),
+                }
+            }
+            Err(e) => Err(kv_err("mark step started", e)),
+        }
+    }
+
+    async fn step_finished(
+        &self,
+        run_id: &str,
+        step: &str,
+        entry: &StepEntry,
+    ) -> Result<(), StateError> {
+        let value: bytes::Bytes = serde_json::to_vec(entry)
+            .map_err(|e| kv_err("encode step entry", e))?
+            .into();
+        self.steps
+            .put(step_key(run_id, step), value)
+            .await
+            .map_err(|e| kv_err("mark step finished", e))?;
+        Ok(())
     }
 }
 

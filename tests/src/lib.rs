@@ -3,6 +3,8 @@
 //! - [`NatsServer`]: a nats-server with JetStream on a free loopback port, in its own temporary
 //!   directory, killed and removed when dropped. A missing nats-server fails the test with what
 //!   to install; it never skips.
+//! - [`cluster::NatsCluster`]: three nats-server nodes with JetStream in one cluster, whose
+//!   nodes can be stopped and started again.
 //! - [`Engine`]: `riposte run` as a child process against such a server, killable with SIGKILL.
 //! - [`cli`]: runs other `riposte` commands and returns their output.
 //! - [`audit_records`], [`wait_for`]: read the audit trail (through `riposte audit --json`) and
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use riposte::audit::AuditRecord;
 
+pub mod cluster;
 pub mod docker;
 pub mod dockerd;
 pub mod kube;
@@ -84,7 +87,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_port(port: u16, within: Duration) -> bool {
+pub(crate) fn wait_port(port: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {

@@ -87,7 +87,7 @@ async fn the_api_server_refuses_pods_and_workloads_from_revoked_images() {
 
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client);
-    let list = RevocationList::open(&js, "riposte", None).await.unwrap();
+    let list = RevocationList::open(&js, "riposte", 1, None).await.unwrap();
     list.revoke(revocation(None, Some("registry.local/shop/web:1.4")))
         .await
         .unwrap();

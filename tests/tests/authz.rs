@@ -118,7 +118,7 @@ fn setup(tag: &str) -> Setup {
 
 async fn revocation_list(nats: &NatsServer) -> RevocationList {
     let js = async_nats::jetstream::new(nats.client().await);
-    RevocationList::open(&js, "riposte", None).await.unwrap()
+    RevocationList::open(&js, "riposte", 1, None).await.unwrap()
 }
 
 /// Runs `docker create ARGS` until it is refused (the index follows the bucket within

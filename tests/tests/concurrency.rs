@@ -67,7 +67,7 @@ async fn a_slow_action_does_not_hold_up_unrelated_events() {
     let client = nats.client().await;
     let js = bus::jetstream(client.clone());
     let stream_id = bus::ensure_streams(&js, &config).await.unwrap();
-    let state = Arc::new(KvState::open(&js, "riposte").await.unwrap());
+    let state = Arc::new(KvState::open(&js, "riposte", 1).await.unwrap());
     let consumer = bus::ensure_consumer(&js, &config).await.unwrap();
     let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
     connectors.insert("log".into(), Arc::new(SlowOnRequest));

@@ -114,7 +114,7 @@ async fn scene(
     settings: GroupSettings,
     busy: u32,
 ) -> (Groups, Arc<Pager>, Flusher, AuditSink) {
-    let groups = Groups::open(js, prefix, settings).await.unwrap();
+    let groups = Groups::open(js, prefix, 1, settings).await.unwrap();
     let pager = Arc::new(Pager::default());
     *pager.busy.lock().unwrap() = busy;
     let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();

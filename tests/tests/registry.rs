@@ -30,7 +30,7 @@ fn args(v: Value) -> Args {
 /// The revocation list in the test server's JetStream.
 async fn list(nats: &NatsServer) -> RevocationList {
     let js = async_nats::jetstream::new(nats.client().await);
-    RevocationList::open(&js, "riposte", None).await.unwrap()
+    RevocationList::open(&js, "riposte", 1, None).await.unwrap()
 }
 
 fn connector(list: &RevocationList, settings: Value) -> RegistryConnector {

@@ -67,7 +67,7 @@ async fn revocations_are_kept_with_their_history_audited_and_followed_by_the_ind
         replica: "test".into(),
         clock: Arc::new(SystemClock),
     };
-    let list = RevocationList::open(&js, "riposte", Some(Arc::new(recorder)))
+    let list = RevocationList::open(&js, "riposte", 1, Some(Arc::new(recorder)))
         .await
         .unwrap();
     let index = RevocationIndex::new();
@@ -202,7 +202,7 @@ async fn revocations_are_kept_with_their_history_audited_and_followed_by_the_ind
 async fn concurrent_revocations_of_one_image_make_one_entry_with_every_finding() {
     let nats = NatsServer::start();
     let js = async_nats::jetstream::new(nats.client().await);
-    let list = RevocationList::open(&js, "race", None).await.unwrap();
+    let list = RevocationList::open(&js, "race", 1, None).await.unwrap();
     let d = digest(0x42);
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -230,7 +230,7 @@ async fn concurrent_revocations_of_one_image_make_one_entry_with_every_finding()
 async fn an_entry_without_digest_or_reference_is_refused() {
     let nats = NatsServer::start();
     let js = async_nats::jetstream::new(nats.client().await);
-    let list = RevocationList::open(&js, "bad", None).await.unwrap();
+    let list = RevocationList::open(&js, "bad", 1, None).await.unwrap();
     let e = list
         .revoke(revocation(None, None, "CVE-1"))
         .await

@@ -293,7 +293,7 @@ async fn a_trivy_report_revokes_the_image_pages_its_owner_and_pauses_the_contain
 
     // The revocation is in the bucket, with its reason, the event and the playbook.
     let js = async_nats::jetstream::new(client.clone());
-    let list = RevocationList::open(&js, "riposte", None).await.unwrap();
+    let list = RevocationList::open(&js, "riposte", 1, None).await.unwrap();
     let (entry, _) = list
         .find(&ImageRef::parse(&image).unwrap())
         .await

@@ -18,7 +18,7 @@ use riposte_tests::NatsServer;
 async fn a_hundred_concurrent_takers_of_one_limit_all_get_an_answer_and_the_limit_holds() {
     let nats = NatsServer::start();
     let js = async_nats::jetstream::new(nats.client().await);
-    let state = Arc::new(KvState::open(&js, "contention").await.unwrap());
+    let state = Arc::new(KvState::open(&js, "contention", 1).await.unwrap());
     let now = chrono::Utc::now();
     let mut tasks = Vec::new();
     for _ in 0..100 {

@@ -15,7 +15,8 @@ pub async fn approve(a: ApproveArgs) -> Result<i32> {
     let (config, url) = a.target()?;
     let client = crate::bus::connect(&config.nats, &url, "riposte approve").await?;
     let js = crate::bus::jetstream(client);
-    let approvals = Approvals::open(&js, &config.engine.names.kv_prefix).await?;
+    let approvals =
+        Approvals::open(&js, &config.engine.names.kv_prefix, config.nats.replicas).await?;
     let mut out = std::io::stdout().lock();
     if a.list {
         let pending = approvals.list().await?;

@@ -284,8 +284,12 @@ fn err(what: &str, e: impl std::fmt::Display) -> StateError {
 
 impl Approvals {
     /// Opens (creating when missing) the bucket `<prefix>-approvals`.
-    pub async fn open(js: &jetstream::Context, prefix: &str) -> Result<Approvals, StateError> {
-        let kv = open_bucket(js, &format!("{prefix}-approvals"), Duration::ZERO).await?;
+    pub async fn open(
+        js: &jetstream::Context,
+        prefix: &str,
+        replicas: usize,
+    ) -> Result<Approvals, StateError> {
+        let kv = open_bucket(js, &format!("{prefix}-approvals"), Duration::ZERO, replicas).await?;
         Ok(Approvals { kv })
     }
 

@@ -281,9 +281,14 @@ async fn scan_to_revoked(work: &Path, scans: usize) -> Result<(Vec<f64>, usize)>
         let client = async_nats::connect(&url).await.context("connect")?;
         let js = crate::bus::jetstream(client);
         let (engine_task, shutdown) = super::start_engine(&config, &url, &pb_dir, &js).await?;
-        let list = RevocationList::open(&js, &config.engine.names.kv_prefix, None)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let list = RevocationList::open(
+            &js,
+            &config.engine.names.kv_prefix,
+            config.nats.replicas,
+            None,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let seen: Seen = Arc::default();
         let mut watch = list
             .store()

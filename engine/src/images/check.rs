@@ -182,9 +182,14 @@ async fn open(c: &Common, what: &str, audited: bool) -> Result<(Config, Revocati
     } else {
         None
     };
-    let list = RevocationList::open(&js, &config.engine.names.kv_prefix, recorder)
-        .await
-        .with_context(|| format!("cannot open the revocation list on {url}"))?;
+    let list = RevocationList::open(
+        &js,
+        &config.engine.names.kv_prefix,
+        config.nats.replicas,
+        recorder,
+    )
+    .await
+    .with_context(|| format!("cannot open the revocation list on {url}"))?;
     Ok((config, list))
 }
 

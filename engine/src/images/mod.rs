@@ -77,11 +77,12 @@ impl Enforcement {
     pub async fn start(
         js: &async_nats::jetstream::Context,
         prefix: &str,
+        replicas: usize,
         recorder: AuditRecorder,
         follow: bool,
         shutdown: CancellationToken,
     ) -> Result<Enforcement, riposte_connectors::revocation::ListError> {
-        let list = RevocationList::open(js, prefix, Some(Arc::new(recorder))).await?;
+        let list = RevocationList::open(js, prefix, replicas, Some(Arc::new(recorder))).await?;
         let index = RevocationIndex::new();
         if follow {
             tokio::spawn(index.clone().follow(list.clone(), shutdown));

@@ -135,6 +135,7 @@ pub struct Prepared {
     publish_timeout: Duration,
     approval_senders: Vec<String>,
     kv_prefix: String,
+    replicas: usize,
 }
 
 impl Prepared {
@@ -158,7 +159,15 @@ impl Prepared {
             publish_timeout: ingest.publish_timeout.get(),
             approval_senders: ingest.approval_senders.clone(),
             kv_prefix: engine.names.kv_prefix.clone(),
+            replicas: 1,
         })
+    }
+
+    /// The replicas of the approvals bucket when the gateway is the one to create it
+    /// (`nats.replicas`).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// Binds `listen` and serves the gateway until `shutdown`, publishing through `client`.
@@ -183,7 +192,7 @@ impl Prepared {
         let approvals = if self.approval_senders.is_empty() {
             None
         } else {
-            Some(crate::approval::Approvals::open(&js, &self.kv_prefix).await?)
+            Some(crate::approval::Approvals::open(&js, &self.kv_prefix, self.replicas).await?)
         };
         let gateway = Arc::new(Gateway {
             credentials: self.credentials,
@@ -229,7 +238,8 @@ pub async fn run(
     let ingest = config.ingest.as_ref().ok_or(IngestError::NotConfigured)?;
     let listen = listen.or(ingest.listen).ok_or(IngestError::NoListen)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let prepared = Prepared::load(ingest, &config.engine, clock.clone())?;
+    let prepared =
+        Prepared::load(ingest, &config.engine, clock.clone())?.with_replicas(config.nats.replicas);
     let name = format!("riposte ingest {}", crate::engine::replica_name(config));
     let client = bus::connect(&config.nats, url, &name).await?;
     tracing::info!(%url, "connected to NATS");

@@ -8,6 +8,7 @@
 //! bus: what it decides goes to an [`AuditBatch`].
 
 mod approval;
+mod ledger;
 mod message;
 
 use std::collections::HashMap;
@@ -588,6 +589,13 @@ impl Runner {
                 return self.defer(groups, run, step, r, args).await;
             }
         }
+        let ledgered = ledger::has_side_effects(step.action.spec);
+        // A destructive step done before a redelivery takes no second slot of the limit.
+        if ledgered && step.action.spec.destructive {
+            if let Some(attempts) = self.ledger_before(run, step, &mut r).await? {
+                return Ok((r, attempts));
+            }
+        }
         if step.action.spec.destructive {
             let l = &self.settings.limits;
             if !self
@@ -617,6 +625,11 @@ impl Runner {
             rec.action = Some(r.action.clone());
             rec.args = r.args.clone();
             audit.publish_now(run.run_id, rec).await?;
+        }
+        if ledgered {
+            if let Some(attempts) = self.ledger_start(run, step, &mut r).await? {
+                return Ok((r, attempts));
+            }
         }
         let ctx = riposte_connectors::context::RunContext {
             run_id: Some(run.run_id.to_owned()),
@@ -653,6 +666,9 @@ impl Runner {
                 r.outcome = StepOutcome::Failed;
                 r.reason = Some(e.to_string());
             }
+        }
+        if ledgered {
+            self.ledger_finish(run, step, &r, attempts).await?;
         }
         Ok((r, Some(attempts)))
     }

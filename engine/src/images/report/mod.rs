@@ -393,14 +393,19 @@ async fn compliance(a: ComplianceArgs) -> Result<i32> {
         &mut agg,
     )
     .await?;
-    let list = RevocationList::open(&js, &config.engine.names.kv_prefix, None)
-        .await
-        .with_context(|| format!("cannot open the revocation list on {url}"))?
-        .all()
-        .await?
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
+    let list = RevocationList::open(
+        &js,
+        &config.engine.names.kv_prefix,
+        config.nats.replicas,
+        None,
+    )
+    .await
+    .with_context(|| format!("cannot open the revocation list on {url}"))?
+    .all()
+    .await?
+    .into_iter()
+    .map(|(e, _)| e)
+    .collect();
     let report = agg.finish(since, until, list);
     let text = match a.format {
         ReportFormat::Json => {
