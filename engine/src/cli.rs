@@ -1,5 +1,5 @@
 //! The command line: `riposte run | ingest | check | test | explain | publish | audit | revert |
-//! approve | rbac | images | report | schema | bench`.
+//! approve | pause | resume | rbac | images | report | schema | bench`.
 //!
 //! Owns argument parsing and what each command prints; the work is done by the library
 //! modules. Commands that talk to NATS take `--nats URL` (else `RIPOSTE_NATS_URL`, the config's
@@ -81,9 +81,10 @@ pub enum Command {
     /// Every decision is one record: `event` (matched or no_match, with the playbooks that
     /// matched), `condition_error`, `dedup`, `limit`, `step_started` (before a destructive
     /// action), `attempt` (a failed attempt that is tried again), `step`, `notify` (also a
-    /// group's notice), `run`, `revert`, and `rejected` (a dead-lettered payload, with its
-    /// reason). Text output shows time, record, outcome, run, playbook, step, action and reason;
-    /// `--json` prints one record per line as described by schemas/audit.schema.json.
+    /// group's notice), `run`, `revert`, `control` (`riposte pause` and `resume`), and
+    /// `rejected` (a dead-lettered payload, with its reason). Text output shows time, record,
+    /// outcome, run, playbook, step, action and reason; `--json` prints one record per line as
+    /// described by schemas/audit.schema.json.
     #[command(
         after_help = "Examples:\n  riposte audit --since 10m\n  riposte audit --playbook shell-in-container --json | jq .\n  riposte audit --run r-3dd4e314280750b7428a\n  riposte audit --follow"
     )]
@@ -113,6 +114,18 @@ pub enum Command {
         after_help = "Examples:\n  riposte approve --list\n  riposte approve r-3dd4e314280750b7428a scale_down --as alice\n  riposte approve r-3dd4e314280750b7428a scale_down --as alice --deny --reason \"planned load test\""
     )]
     Approve(ApproveArgs),
+    /// Stop enforcement on every replica (the kill switch), or show whether it is stopped.
+    ///
+    /// Within a second every replica plans runs instead of performing them (their records say
+    /// `enforcement paused by NAME: REASON`), still sends notifications, and holds reverts that
+    /// fall due until `riposte resume`. Survives restarts. Audited as a `control` record.
+    #[command(
+        after_help = "Examples:\n  riposte pause --as alice --reason \"runaway playbook, investigating\"\n  riposte pause --status"
+    )]
+    Pause(crate::control::ControlArgs),
+    /// Let every replica enforce again after `riposte pause`.
+    #[command(after_help = "Examples:\n  riposte resume --as alice --reason \"fixed\"")]
+    Resume(crate::control::ControlArgs),
     /// Print the least-privilege Kubernetes RBAC (a ClusterRole, and a binding with `--bind`)
     /// for the `kubernetes` actions the playbooks use, plus reading pods and their owners for
     /// enrichment.
@@ -175,6 +188,24 @@ impl NatsArg {
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned())
+    }
+}
+
+/// The config and NATS URL of a command that only talks to NATS.
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    nats: NatsArg,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+impl Target {
+    /// The config and the NATS URL the command uses.
+    pub fn resolve(&self) -> Result<(Config, String)> {
+        let config = self.config.load()?;
+        let url = self.nats.url(&config);
+        Ok((config, url))
     }
 }
 
@@ -401,6 +432,8 @@ pub async fn main(cli: Cli, shutdown: CancellationToken) -> Result<i32> {
         Command::Audit(a) => crate::audit::read::read(a.into(), shutdown).await,
         Command::Revert(a) => revert(a).await,
         Command::Approve(a) => crate::approval::command::approve(a).await,
+        Command::Pause(a) => crate::control::command(a, true).await,
+        Command::Resume(a) => crate::control::command(a, false).await,
         Command::Rbac(a) => rbac(a),
         Command::Images(a) => crate::images::check::images(a).await,
         Command::Report(a) => crate::images::report::report(a).await,

@@ -1,7 +1,8 @@
 //! The engine service (`riposte run`): loads playbooks, reaches NATS (or starts the embedded
 //! server), sets up streams, buckets and the consumer, builds the connectors, serves the ingest
 //! gateway when the config asks for it (on the engine's own NATS connection), runs the
-//! background workers (reverts, notification groups, approvals), and consumes until shutdown.
+//! background workers (reverts, notification groups, approvals, the kill switch's follower),
+//! and consumes until shutdown.
 //!
 //! Owns start-up order and its refusals: an invalid playbook set, an unknown connector or an
 //! unreachable NATS stop the start with a message that says what to fix. It owns no stage of
@@ -21,6 +22,7 @@ use crate::audit::AuditSink;
 use crate::bus::{self, BusError, Processor};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::control;
 use crate::embedded::{EmbeddedError, EmbeddedNats};
 use crate::grouping::{Flusher, GroupSettings, Groups};
 use crate::images::{
@@ -227,6 +229,15 @@ async fn serve(
         },
     )?;
     let metrics = Arc::new(Metrics::new());
+    // The kill switch is read before anything consumes: a paused estate stays paused.
+    let (switch, following) = control::start(
+        &js,
+        &config.engine.names.kv_prefix,
+        config.nats.replicas,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let addr = metrics::serve(metrics.clone(), config.metrics.listen, shutdown.clone())
         .await
         .map_err(|e| EngineError::Metrics {
@@ -289,7 +300,8 @@ async fn serve(
         clock.clone(),
         metrics.clone(),
         runner_settings(&config, false),
-    );
+    )
+    .with_switch(switch.clone());
     let n = &config.notifications;
     let mut flushing = None;
     let runner = if n.group_by.is_empty() {
@@ -327,6 +339,7 @@ async fn serve(
         clock: clock.clone(),
         timeout: config.engine.step_timeout.get(),
         every: Duration::from_secs(1),
+        switch,
     };
     let reverting = tokio::spawn(scheduler.run(shutdown.clone()));
     let matcher = Matcher::new(playbooks);
@@ -353,6 +366,9 @@ async fn serve(
     });
     let consumed = bus::consume(processor, consumer, shutdown.clone()).await;
     shutdown.cancel();
+    if let Err(e) = following.await {
+        tracing::warn!(error = %e, "kill switch follower ended abnormally");
+    }
     if let Err(e) = reverting.await {
         tracing::warn!(error = %e, "revert scheduler ended abnormally");
     }

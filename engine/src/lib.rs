@@ -15,6 +15,7 @@
 //! - [`runner`]: one run: dedup, limits, vars, steps with guards, retries and timeouts, notify.
 //! - [`state`]: dedup windows and limit counters in JetStream KV.
 //! - [`revert`]: undos of reversible steps, on schedule (`revert_after`) or on request.
+//! - [`control`]: the kill switch (`riposte pause` / `resume`) every replica follows.
 //! - [`approval`]: steps that wait for a human decision, and the runs resumed after it.
 //! - [`grouping`]: notifications grouped into one page and its updates (noise control).
 //! - [`images`]: the revocation list's enforcement: the Kubernetes admission webhook, the
@@ -36,6 +37,7 @@ pub mod bus;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod duration;
 pub mod embedded;
 pub mod engine;

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub admission_latency: Histogram,
     /// Time the AuthZ plugin takes to decide, seconds (including asking the daemon for digests).
     pub authz_latency: Histogram,
+    /// 1 while enforcement is paused by the kill switch (`riposte pause`), else 0.
+    pub enforcement_paused: Gauge,
+    /// Runs planned instead of performed because enforcement was paused.
+    pub runs_planned_paused: Counter,
     ready: AtomicBool,
     run_counters: Vec<(&'static str, Counter)>,
     step_counters: Vec<(&'static str, Counter)>,
@@ -96,6 +100,8 @@ impl Metrics {
         let event_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
         let run_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
         let in_flight = Gauge::default();
+        let enforcement_paused = Gauge::default();
+        let runs_planned_paused = Counter::default();
         let redeliveries = Counter::default();
         let ingest_requests = Family::<Labels, Counter>::default();
         let ingest_auth_failures = Family::<Labels, Counter>::default();
@@ -151,6 +157,16 @@ impl Metrics {
             run_latency.clone(),
         );
         registry.register("in_flight", "Messages being processed", in_flight.clone());
+        registry.register(
+            "enforcement_paused",
+            "1 while enforcement is paused by the kill switch (riposte pause), else 0",
+            enforcement_paused.clone(),
+        );
+        registry.register(
+            "runs_planned_paused",
+            "Runs planned instead of performed because enforcement was paused",
+            runs_planned_paused.clone(),
+        );
         registry.register(
             "processing_failures",
             "Messages left for redelivery after a NATS, KV or audit failure",
@@ -250,6 +266,8 @@ impl Metrics {
             enforcement_audit_failures,
             admission_latency,
             authz_latency,
+            enforcement_paused,
+            runs_planned_paused,
             ready: AtomicBool::new(false),
         }
     }

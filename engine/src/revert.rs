@@ -9,6 +9,10 @@
 //! again with a doubling delay; a permanent one is audited and the entry dropped (its undo data
 //! stays in the audit trail). `riposte revert` makes entries due now and waits for them to go.
 //! The bucket is the schedule, so it survives restarts and is shared by replicas.
+//!
+//! While enforcement is paused (see [`crate::control`]), undos that fall due on their schedule
+//! wait in the bucket and are carried out after `riposte resume`; an undo someone asked for
+//! with `riposte revert` is that person's act and is carried out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditRecord, AuditSink, RecordKind};
 use crate::clock::Clock;
+use crate::control::Switch;
 use crate::state::{every, json_entries, json_entry, open_bucket, StateError};
 
 /// An undo waiting to be carried out.
@@ -193,6 +198,8 @@ pub struct Scheduler {
     pub timeout: Duration,
     /// How often the bucket is looked at.
     pub every: Duration,
+    /// The kill switch: scheduled undos wait while it is paused.
+    pub switch: Switch,
 }
 
 impl Scheduler {
@@ -208,7 +215,8 @@ impl Scheduler {
         for (mut p, rev) in self.reverts.list().await? {
             let due = p.due.is_some_and(|d| d <= now);
             let free = p.lease.as_ref().is_none_or(|(_, until)| *until <= now);
-            if !due || !free {
+            let held = p.requested_by.is_none() && self.switch.is_paused();
+            if !due || !free || held {
                 continue;
             }
             let until = now

@@ -60,6 +60,8 @@ pub enum RecordKind {
     /// An enforcement point refused something: `denied` (`action` is `admission` or `authz`,
     /// `reason` the revocation, `output` the image, object and user).
     Enforcement,
+    /// The kill switch changed: `paused` or `resumed` (`output` is the switch, `reason` why).
+    Control,
 }
 
 impl RecordKind {
@@ -80,6 +82,7 @@ impl RecordKind {
             RecordKind::Approval => "approval",
             RecordKind::Revocation => "revocation",
             RecordKind::Enforcement => "enforcement",
+            RecordKind::Control => "control",
         }
     }
 }

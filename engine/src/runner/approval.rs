@@ -162,11 +162,14 @@ impl Runner {
             );
             steps.insert(s.id.as_str().into(), Dynamic::from_map(entry));
         }
+        // A decision taken while enforcement is paused resumes the run in plan mode.
+        let paused = self.paused_for(pb);
         let mut run = RunCtx {
             pb,
             view,
             run_id: &saved.run_id,
-            plan: false,
+            plan: paused.is_some(),
+            paused,
             vars: saved
                 .vars
                 .iter()

@@ -3,8 +3,8 @@
 //!
 //! Owns the run's order of business and its safety rules: guards (protected namespaces,
 //! containers and labels are never acted on by a destructive action), the global limit on
-//! destructive actions, plan mode (dry-run playbooks, `riposte test`), retries with backoff and
-//! per-attempt timeouts. It knows connectors only through their trait, and never touches the
+//! destructive actions, plan mode (dry-run playbooks, `riposte test`, enforcement paused by the
+//! kill switch), retries with backoff and per-attempt timeouts. It knows connectors only through their trait, and never touches the
 //! bus: what it decides goes to an [`AuditBatch`].
 
 mod approval;
@@ -24,6 +24,7 @@ use thiserror::Error;
 use crate::audit::{AuditBatch, AuditError, AuditRecord, RecordKind};
 use crate::clock::Clock;
 use crate::config::{GlobalLimits, Protect};
+use crate::control::Switch;
 use crate::event::Event;
 use crate::grouping::{group_key, Groups};
 use crate::matcher::EventView;
@@ -173,6 +174,7 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     settings: RunnerSettings,
     grouping: Option<Groups>,
+    switch: Switch,
 }
 
 impl Runner {
@@ -193,7 +195,24 @@ impl Runner {
             metrics,
             settings,
             grouping: None,
+            switch: Switch::default(),
         }
+    }
+
+    /// Follows the kill switch: while it is paused, runs of enforcing playbooks are planned
+    /// (see [`crate::control`]).
+    pub fn with_switch(mut self, switch: Switch) -> Self {
+        self.switch = switch;
+        self
+    }
+
+    /// Why a run of `pb` starting now is planned because enforcement is paused, if it is (not
+    /// for runs planned anyway).
+    fn paused_for(&self, pb: &Playbook) -> Option<String> {
+        if self.settings.plan_only || pb.mode == Mode::DryRun {
+            return None;
+        }
+        self.switch.paused()
     }
 
     /// Groups notifications that take the enriched notice (see [`crate::grouping`]).
@@ -235,12 +254,14 @@ impl Runner {
         audit: &mut AuditBatch,
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        let plan = self.settings.plan_only || pb.mode == Mode::DryRun;
+        let paused = self.paused_for(pb);
+        let plan = self.settings.plan_only || pb.mode == Mode::DryRun || paused.is_some();
         let mut run = RunCtx {
             pb,
             view,
             run_id,
             plan,
+            paused,
             vars: rhai::Map::new(),
             steps: rhai::Map::new(),
             reports: Vec::new(),
@@ -284,7 +305,6 @@ impl Runner {
         started: Instant,
     ) -> Result<RunReport, RunError> {
         let pb = run.pb;
-        let plan = run.plan;
         let mut aborted: Option<String> = None;
         for (index, step) in pb.steps.iter().enumerate().skip(from) {
             if let Some(why) = &aborted {
@@ -314,7 +334,7 @@ impl Runner {
         }
         let outcome = if run.failed {
             RunOutcome::Failed
-        } else if plan {
+        } else if run.plan {
             RunOutcome::Planned
         } else {
             RunOutcome::Ok
@@ -338,7 +358,10 @@ impl Runner {
     ) -> RunReport {
         let elapsed = started.elapsed();
         let mut rec = self.record(RecordKind::Run, outcome.as_str(), &run);
-        rec.reason = reason.clone();
+        rec.reason = reason.clone().or_else(|| run.paused.clone());
+        if run.paused.is_some() {
+            self.metrics.runs_planned_paused.inc();
+        }
         rec.duration_ms = Some(elapsed.as_secs_f64() * 1000.0);
         audit.add(rec);
         self.metrics.count_run(outcome.as_str());
@@ -438,7 +461,11 @@ impl Runner {
         rec.action = Some(r.action.clone());
         rec.args = r.args.clone();
         rec.output = r.output.clone();
-        rec.reason = r.reason.clone();
+        rec.reason = r.reason.clone().or_else(|| {
+            run.paused
+                .clone()
+                .filter(|_| r.outcome == StepOutcome::Planned)
+        });
         rec.revert = r.revert.clone();
         rec.approval = r.approval.clone();
         rec.attempts = attempts;
@@ -542,7 +569,15 @@ impl Runner {
                 return Ok((r, None));
             }
         }
-        if run.plan {
+        // A pause that comes in the middle of a run plans the rest of its steps.
+        if !run.plan && !notify {
+            if let Some(why) = self.paused_for(run.pb) {
+                run.plan = true;
+                run.paused = Some(why);
+            }
+        }
+        // While enforcement is paused, notifications still go out (saying the run was planned).
+        if run.plan && !(notify && run.paused.is_some()) {
             let planned = if self.settings.plan_only {
                 connector.describe(&step.action.action, &args)
             } else {
@@ -930,6 +965,8 @@ struct RunCtx<'a> {
     view: &'a EventView<'a>,
     run_id: &'a str,
     plan: bool,
+    /// Why the run is planned because enforcement is paused (kill switch), when it is.
+    paused: Option<String>,
     vars: rhai::Map,
     steps: rhai::Map,
     reports: Vec<StepReport>,
