@@ -1,7 +1,8 @@
 //! The kill switch end to end: one nats-server, three `riposte run` replicas, real Docker
 //! containers. `riposte pause` stops every replica from acting (runs are planned, notifications
 //! still go out, due reverts wait), `riposte resume` restores it, a replica restarted while
-//! paused stays paused; and the global limit on destructive actions is shared by the replicas.
+//! paused stays paused, one that cannot read the switch does not start; and the global limit on
+//! destructive actions is shared by the replicas.
 
 #![allow(
     clippy::unwrap_used,
@@ -386,4 +387,37 @@ async fn the_global_limit_on_destructive_actions_is_shared_by_the_replicas() {
     for e in &mut engines {
         e.stop();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_cannot_read_the_switch_does_not_start() {
+    let nats = NatsServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let pb = work.path().join("pb");
+    write(
+        &pb.join("pause.yaml"),
+        &playbook("pause-it", "rule-pause", None),
+    );
+    let js = async_nats::jetstream::new(nats.client().await);
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "riposte-control".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    kv.put("enforcement", "not json".into()).await.unwrap();
+    let mut engine = Engine::spawn(&nats.url, &pb, None, work.path());
+    let code = engine.wait_exit(Duration::from_secs(30));
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the engine went on: {code:?}\n{}",
+        engine.log_text()
+    );
+    let log = engine.log_text();
+    assert!(log.contains("cannot read the kill switch"), "{log}");
+    assert!(
+        !log.contains("consuming"),
+        "it consumed before failing: {log}"
+    );
 }
