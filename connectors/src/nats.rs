@@ -45,16 +45,29 @@ pub const ACTIONS: &[ActionSpec] = &[ActionSpec {
 pub struct NatsConnector {
     client: Option<async_nats::Client>,
     prefix: String,
+    jetstream: bool,
 }
 
 impl NatsConnector {
-    /// Builds an instance. Settings: `subject_prefix` (optional, e.g. `derived.`).
+    /// Builds an instance. Settings: `subject_prefix` (optional, e.g. `derived.`), `jetstream`
+    /// (optional, false: with true, each publish waits until a stream has stored the message,
+    /// and fails, to be retried, when none did).
     pub fn new(
         instance: &str,
         settings: &Map<String, Value>,
         deps: &Deps,
     ) -> Result<Self, BuildError> {
-        reject_unknown_settings(instance, settings, &["subject_prefix"])?;
+        reject_unknown_settings(instance, settings, &["subject_prefix", "jetstream"])?;
+        let jetstream = match settings.get("jetstream") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(BuildError::Config {
+                    instance: instance.to_owned(),
+                    reason: "`jetstream` must be true or false".to_owned(),
+                })
+            }
+        };
         let prefix = match settings.get("subject_prefix") {
             None => String::new(),
             Some(Value::String(s)) => s.clone(),
@@ -68,6 +81,7 @@ impl NatsConnector {
         Ok(NatsConnector {
             client: deps.nats.clone(),
             prefix,
+            jetstream,
         })
     }
 
@@ -135,6 +149,27 @@ impl Connector for NatsConnector {
             if let (Some(run), Some(step)) = (ctx.run_id, ctx.step) {
                 headers.insert("Nats-Msg-Id", format!("{run}:{step}").as_str());
             }
+        }
+        if self.jetstream {
+            let js = async_nats::jetstream::new(client.clone());
+            let ack = js
+                .publish_with_headers(subject.clone(), headers, payload)
+                .await
+                .map_err(|e| ConnectorError::Transient(format!("publish to `{subject}`: {e}")))?
+                .await
+                .map_err(|e| {
+                    ConnectorError::Transient(format!("`{subject}` was not stored: {e}"))
+                })?;
+            return Ok(Output {
+                output: json!({
+                    "subject": subject,
+                    "bytes": bytes,
+                    "stream": ack.stream,
+                    "seq": ack.sequence,
+                    "duplicate": ack.duplicate,
+                }),
+                undo: None,
+            });
         }
         client
             .publish_with_headers(subject.clone(), headers, payload)

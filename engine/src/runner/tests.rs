@@ -106,10 +106,20 @@ fn event(namespace: &str) -> crate::event::Event {
 }
 
 async fn run(r: &Runner, pb: &Playbook, e: &crate::event::Event) -> (RunReport, Vec<AuditRecord>) {
+    run_as(r, pb, e, "r-1").await
+}
+
+/// [`run`] as run `id` (the same id again is a redelivery).
+async fn run_as(
+    r: &Runner,
+    pb: &Playbook,
+    e: &crate::event::Event,
+    id: &str,
+) -> (RunReport, Vec<AuditRecord>) {
     let sink = AuditSink::memory();
     let mut batch = sink.batch("t");
     let view = EventView::new(e, true);
-    let report = r.run(pb, &view, "r-1", &mut batch).await.unwrap();
+    let report = r.run(pb, &view, id, &mut batch).await.unwrap();
     batch.commit().await.unwrap();
     (report, sink.recorded())
 }
@@ -230,14 +240,23 @@ async fn destructive_actions_respect_guards_and_the_global_limit() {
         Some("guard: namespace `kube-system` is protected")
     );
 
-    let (report, records) = run(&r, &pb, &event("shop")).await;
+    let (report, records) = run_as(&r, &pb, &event("shop"), "r-2").await;
     assert_eq!(report.steps[0].outcome, StepOutcome::Ok);
     assert!(
         records.iter().any(|x| x.record == RecordKind::StepStarted),
         "a destructive step is on record before it runs"
     );
 
-    let (report, records) = run(&r, &pb, &event("shop")).await;
+    // The same run again (a redelivery) is not performed again and takes no slot.
+    let (report, _) = run_as(&r, &pb, &event("shop"), "r-2").await;
+    assert_eq!(report.steps[0].outcome, StepOutcome::Ok);
+    assert!(report.steps[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("already done by replica"));
+
+    let (report, records) = run_as(&r, &pb, &event("shop"), "r-3").await;
     assert_eq!(report.steps[0].outcome, StepOutcome::Skipped);
     assert!(report.steps[0]
         .reason
