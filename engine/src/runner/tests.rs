@@ -633,3 +633,52 @@ async fn an_event_too_large_to_keep_fails_the_step_instead_of_waiting() {
         .starts_with("cannot wait for approval: the event is"));
     assert_eq!(report.steps[2].outcome, StepOutcome::Skipped);
 }
+
+#[tokio::test]
+async fn a_step_begun_by_a_replica_that_stopped_is_performed_again_only_when_idempotent() {
+    use crate::state::{StateStore, StepEntry, StepState};
+    let begun = StepEntry {
+        state: StepState::Started,
+        replica: "replica-x".to_owned(),
+        at: chrono::Utc::now(),
+        outcome: None,
+        output: None,
+        reason: None,
+        revert: None,
+        attempts: None,
+    };
+    // Not idempotent: recorded skipped, not performed.
+    let c = Arc::new(Scripted::default());
+    let state = Arc::new(crate::state::MemoryState::default());
+    state.step_started("r-9", "a", &begun).await.unwrap();
+    let mut pb = playbook(
+        "  match: {}\n  steps:\n    - { id: a, action: log.info, with: { message: hi } }\n",
+    );
+    pb.steps[0].action.spec = &DESTRUCTIVE;
+    let r = runner_with(c.clone(), state);
+    let (report, _) = run_as(&r, &pb, &event("shop"), "r-9").await;
+    assert_eq!(report.steps[0].outcome, StepOutcome::Skipped);
+    assert!(report.steps[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("may have been performed by replica replica-x before it stopped"));
+    assert_eq!(*c.calls.lock().unwrap(), 0);
+
+    // Idempotent (nats.publish, whose message id the stream deduplicates): performed again,
+    // then recorded finished.
+    let c = Arc::new(Scripted::default());
+    let state = Arc::new(crate::state::MemoryState::default());
+    state.step_started("r-9", "a", &begun).await.unwrap();
+    let mut pb = playbook(
+        "  match: {}\n  steps:\n    - { id: a, action: nats.publish, with: { subject: x.y, payload: hi } }\n",
+    );
+    pb.steps[0].action.instance = "log".to_owned();
+    let r = runner_with(c.clone(), state.clone());
+    let (report, _) = run_as(&r, &pb, &event("shop"), "r-9").await;
+    assert_eq!(report.steps[0].outcome, StepOutcome::Ok, "{report:?}");
+    assert_eq!(*c.calls.lock().unwrap(), 1);
+    let done = state.step_entry("r-9", "a").await.unwrap().unwrap();
+    assert_eq!(done.state, StepState::Finished);
+    assert_eq!(done.outcome.as_deref(), Some("ok"));
+}
