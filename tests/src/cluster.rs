@@ -118,19 +118,8 @@ impl NatsCluster {
 
     /// Stops node `i` with SIGTERM (a clean shutdown, its data kept) and waits for it to exit.
     pub fn stop(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.nodes[i].child.take() {
+            crate::terminate(c, Duration::from_secs(20));
         }
     }
 

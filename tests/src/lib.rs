@@ -259,19 +259,8 @@ impl Engine {
 
     /// Stops the engine with SIGTERM and waits.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            terminate(c, Duration::from_secs(30));
         }
     }
 }
@@ -306,6 +295,22 @@ pub fn cli(args: &[&str]) -> Output {
         .env("RIPOSTE_LOG", "warn")
         .output()
         .unwrap()
+}
+
+/// Stops a child process with SIGTERM, waits up to `within` for it to exit, then kills it.
+pub fn terminate(mut child: Child, within: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Every audit record on the server, through `riposte audit --json`.

@@ -204,10 +204,30 @@ pub async fn run(a: BenchArgs) -> Result<i32> {
     if a.playbooks == 0 || a.events == 0 {
         bail!("--playbooks and --events must be at least 1");
     }
+    let args = &a;
+    let figures = on_server(a.nats.as_deref(), |work, url| async move {
+        measure(args, &work, &url).await
+    })
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        print_table(&a, &figures);
+    }
+    Ok(0)
+}
+
+/// Runs `f` with a scratch directory and the URL of `nats`, or of a nats-server started for
+/// it (and stopped after); the directory is removed afterwards.
+async fn on_server<F, Fut, T>(nats: Option<&str>, f: F) -> Result<T>
+where
+    F: FnOnce(PathBuf, String) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let work = tempfile_dir()?;
     let mut server = None;
-    let url = match &a.nats {
-        Some(u) => u.clone(),
+    let url = match nats {
+        Some(u) => u.to_owned(),
         None => {
             let s = EmbeddedNats::start(&work.join("nats"), None).await?;
             let u = s.url.clone();
@@ -215,18 +235,12 @@ pub async fn run(a: BenchArgs) -> Result<i32> {
             u
         }
     };
-    let result = measure(&a, &work, &url).await;
+    let result = f(work.clone(), url).await;
     if let Some(s) = server {
         s.stop().await;
     }
     let _ = std::fs::remove_dir_all(&work);
-    let figures = result?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&figures)?);
-    } else {
-        print_table(&a, &figures);
-    }
-    Ok(0)
+    result
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

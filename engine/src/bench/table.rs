@@ -31,10 +31,9 @@ use async_nats::jetstream::{self, consumer};
 use clap::Args;
 use tokio::process::{Child, Command};
 
+use super::write_playbooks;
 use super::{falco_payload, io_ceiling, latency, percentile, publish_all, raw_consumer};
-use super::{tempfile_dir, write_playbooks};
 use crate::config::Config;
-use crate::embedded::EmbeddedNats;
 
 /// Playbook counts of the engine rows.
 const PLAYBOOKS: [usize; 3] = [1, 100, 1000];
@@ -186,23 +185,11 @@ pub async fn run(a: TableArgs) -> Result<i32> {
     if a.events < 100 || a.replicas == 0 || a.seconds == 0 || a.rates.contains(&0) {
         bail!("--events must be at least 100; --replicas, --seconds and --rates at least 1");
     }
-    let work = tempfile_dir()?;
-    let mut server = None;
-    let url = match &a.nats {
-        Some(u) => u.clone(),
-        None => {
-            let s = EmbeddedNats::start(&work.join("nats"), None).await?;
-            let u = s.url.clone();
-            server = Some(s);
-            u
-        }
-    };
-    let result = measure(&a, &work, &url).await;
-    if let Some(s) = server {
-        s.stop().await;
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    let f = result?;
+    let args = &a;
+    let f = super::on_server(a.nats.as_deref(), |work, url| async move {
+        measure(args, &work, &url).await
+    })
+    .await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {
