@@ -4,8 +4,9 @@
 //! Owns the run's order of business and its safety rules: guards (protected namespaces,
 //! containers and labels are never acted on by a destructive action), the global limit on
 //! destructive actions, plan mode (dry-run playbooks, `riposte test`, enforcement paused by the
-//! kill switch), retries with backoff and per-attempt timeouts. It knows connectors only through their trait, and never touches the
-//! bus: what it decides goes to an [`AuditBatch`].
+//! kill switch), the step ledger (no side effect twice across a redelivery), retries with
+//! backoff and per-attempt timeouts. It knows connectors only through their trait, and never
+//! touches the bus: what it decides goes to an [`AuditBatch`].
 
 mod approval;
 mod ledger;
