@@ -1,12 +1,11 @@
 //! Matching: which playbooks run for an event.
 //!
 //! Playbooks are indexed by source and, when their condition requires a field to equal a text
-//! (`event.title == "..."`, `event.labels.team == "..."`, `event.resource.pod.namespace ==
-//! "..."`, ...), by that field's value, so only candidates are looked at: the cost of matching an
-//! event does not grow with the number of such playbooks. A candidate's native clauses are checked first;
-//! Rhai runs only for conditions that need it, against the event converted once
-//! ([`EventView`]). A condition that errors is "no match" with the error as its reason: it
-//! never stops the engine.
+//! (`event.title == "..."`, `event.labels.team == "..."`, `event.resource.pod.namespace == "..."`,
+//! ...), by that field's value, so only candidates are looked at: the cost of matching an event
+//! does not grow with the number of such playbooks. A candidate's native clauses are checked first;
+//! Rhai runs only for conditions that need it, against the event converted once ([`EventView`]). A
+//! condition that errors is "no match" with the error as its reason: it never stops the engine.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};

@@ -2,9 +2,10 @@
 //! that wait for approval.
 //!
 //! Kept in JetStream KV buckets ([`KvState`]) so every replica sees the same dedup windows and
-//! limits; a dedup key held by a run is granted again to the same run, so a redelivered event
-//! is not suppressed by its own first delivery. [`MemoryState`] serves `riposte test` and `explain`, which need no server. Values
-//! carry their own expiry, so windows of any length work whatever the bucket's age limit.
+//! limits; a dedup key held by a run is granted again to the same run, so a redelivered event is
+//! not suppressed by its own first delivery. [`MemoryState`] serves `riposte test` and `explain`,
+//! which need no server. Values carry their own expiry, so windows of any length work whatever the
+//! bucket's age limit.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1,8 +1,8 @@
 //! A three-node nats-server cluster with JetStream on loopback, for the crash tests.
 //!
-//! Each node has its own store directory, client, route and monitoring ports, kept across
-//! restarts, so a node that is stopped and started again rejoins with its data. [`NatsCluster::url`]
-//! lists every node, so clients (the engine, the CLI) fail over to the others.
+//! Each node has its own store directory, client, route and monitoring ports, kept across restarts,
+//! so a node that is stopped and started again rejoins with its data. [`NatsCluster::url`] lists
+//! every node, so clients (the engine, the CLI) fail over to the others.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

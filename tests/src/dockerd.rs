@@ -1,12 +1,13 @@
 //! A second Docker daemon for one test, for what must not touch the shared one on
 //! /var/run/docker.sock (an authorization plugin refuses requests daemon-wide).
 //!
-//! [`Dockerd::prepare`] picks its paths, [`Dockerd::start`] runs Debian's dockerd with its own data root, exec root, pid file and
-//! socket in a temporary directory, a bridge of its own and no iptables rules, the `vfs` storage driver
-//! (nothing to mount), and optionally an authorization plugin found through a spec file
-//! `/etc/docker/plugins/<name>.spec`. Dropping it stops the daemon, removes the spec file and
-//! its directories. [`Dockerd::import_busybox`] loads an image made from Debian's static
-//! busybox, as `scripts/setup` does for the shared daemon; nothing is pulled.
+//! [`Dockerd::prepare`] picks its paths, [`Dockerd::start`] runs Debian's dockerd with its own data
+//! root, exec root, pid file and socket in a temporary directory, a bridge of its own and no
+//! iptables rules, the `vfs` storage driver (nothing to mount), and optionally an authorization
+//! plugin found through a spec file `/etc/docker/plugins/<name>.spec`. Dropping it stops the
+//! daemon, removes the spec file and its directories. [`Dockerd::import_busybox`] loads an image
+//! made from Debian's static busybox, as `scripts/setup` does for the shared daemon; nothing is
+//! pulled.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -8,9 +8,9 @@
 //! revoked an image or used the `registry` connector) its evidence: the event, the playbook and
 //! run, and every step. The current revocation list is read from KV at the end.
 //!
-//! Renders JSON (the machine form, [`Report`]), Markdown ([`markdown`]), or one self-contained
-//! HTML file ([`html`]); [`aggregate`] does the folding. Everything taken from records is untrusted text: the renderers
-//! escape it.
+//! Renders JSON (the machine form, [`Report`]), Markdown ([`markdown`]), or one self-contained HTML
+//! file ([`html`]); [`aggregate`] does the folding. Everything taken from records is untrusted
+//! text: the renderers escape it.
 
 pub mod aggregate;
 pub mod html;
