@@ -81,10 +81,14 @@ async fn a_signed_webhook_notice_is_verified_by_the_gateway_and_runs_a_playbook(
     let records = wait_for(
         &nats.url,
         Duration::from_secs(30),
-        "the second playbook's run",
+        "the second playbook's run and the first one's notification",
         |r| {
+            // The first run's records are stored after its notification returned, which may be
+            // after the second run, so both are waited for.
             r.iter().any(|x| {
                 x.record == RecordKind::Run && x.playbook.as_deref() == Some("from-the-edge")
+            }) && r.iter().any(|x| {
+                x.record == RecordKind::Notify && x.playbook.as_deref() == Some("forward-shell")
             })
         },
     );
