@@ -371,6 +371,24 @@ pub async fn publish(client: &async_nats::Client, subject: &str, payloads: &[Vec
     }
 }
 
+/// A playbook answering Falco rule `rule` with `steps` (YAML indented for `steps:`, which may
+/// go on with `notify:`), in `mode` when given (`enforce`, `dry-run`).
+pub fn falco_playbook(name: &str, rule: &str, mode: Option<&str>, steps: &str) -> String {
+    let mode = mode.map(|m| format!("  mode: {m}\n")).unwrap_or_default();
+    format!(
+        r#"apiVersion: riposte/v1
+kind: Playbook
+metadata:
+  name: {name}
+spec:
+{mode}  match:
+    sources: [falco]
+    when: event.title == "{rule}"
+  steps:
+{steps}"#
+    )
+}
+
 /// A Falco alert for rule `rule` with a distinct id and container.
 pub fn falco_alert(
     uuid: &str,

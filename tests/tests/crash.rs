@@ -331,18 +331,7 @@ async fn confirm(
 
 /// A playbook for falco rule `rule` with `steps`.
 fn playbook(name: &str, rule: &str, steps: &str) -> String {
-    format!(
-        r#"apiVersion: riposte/v1
-kind: Playbook
-metadata:
-  name: {name}
-spec:
-  match:
-    sources: [falco]
-    when: event.title == "{rule}"
-  steps:
-{steps}"#
-    )
+    riposte_tests::falco_playbook(name, rule, None, steps)
 }
 
 /// The run of `playbook` in `records`, once its step `step` has `outcome`.

@@ -18,19 +18,7 @@ use riposte_tests::*;
 
 /// A playbook answering Falco rule `rule` with `steps` (YAML, indented for `steps:`).
 fn playbook(name: &str, rule: &str, mode: &str, steps: &str) -> String {
-    format!(
-        r#"apiVersion: riposte/v1
-kind: Playbook
-metadata:
-  name: {name}
-spec:
-  mode: {mode}
-  match:
-    sources: [falco]
-    when: event.title == "{rule}"
-  steps:
-{steps}"#
-    )
+    falco_playbook(name, rule, Some(mode), steps)
 }
 
 /// An engine config with a `docker` instance whose quarantine network, evidence directory and

@@ -24,22 +24,18 @@ fn playbook(name: &str, rule: &str, revert_after: Option<&str>) -> String {
     let revert = revert_after
         .map(|d| format!("\n      revert_after: {d}"))
         .unwrap_or_default();
-    format!(
-        r#"apiVersion: riposte/v1
-kind: Playbook
-metadata:
-  name: {name}
-spec:
-  match:
-    sources: [falco]
-    when: event.title == "{rule}"
-  steps:
-    - id: freeze
+    falco_playbook(
+        name,
+        rule,
+        None,
+        &format!(
+            r#"    - id: freeze
       action: docker.pause
       with: {{ container: "${{{{ event.resource.container.id }}}}" }}{revert}
   notify:
     - action: log.info
 "#
+        ),
     )
 }
 
