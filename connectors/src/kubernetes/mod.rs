@@ -135,6 +135,17 @@ const WORKLOAD: ParamSpec = ParamSpec {
     description: "`deployment/NAME` or `statefulset/NAME` (with `namespace`), instead of a pod.",
 };
 
+/// The parameters of `delete_pod` and `evict_pod`: the pod and the guards on removing it.
+const REMOVE_POD: &[ParamSpec] = &[
+    POD,
+    NAMESPACE,
+    GRACE,
+    MIN_HEALTHY,
+    ALLOW_STANDALONE,
+    ALLOW_DAEMONSET,
+    ALLOW_STATEFULSET,
+];
+
 /// The actions of `kubernetes`.
 pub const ACTIONS: &[ActionSpec] = &[
     ActionSpec {
@@ -152,15 +163,7 @@ pub const ACTIONS: &[ActionSpec] = &[
         description: "Deletes the pod (its controller makes a fresh one). Refused when the \
                       workload would fall below `min_healthy_replicas`, and for standalone, \
                       DaemonSet and StatefulSet pods unless allowed.",
-        params: &[
-            POD,
-            NAMESPACE,
-            GRACE,
-            MIN_HEALTHY,
-            ALLOW_STANDALONE,
-            ALLOW_DAEMONSET,
-            ALLOW_STATEFULSET,
-        ],
+        params: REMOVE_POD,
         destructive: true,
         reversible: false,
         message_param: None,
@@ -170,15 +173,7 @@ pub const ACTIONS: &[ActionSpec] = &[
         description: "Evicts the pod through the Eviction API, which honours its \
                       PodDisruptionBudgets (a blocked eviction is a transient failure, so \
                       `retry` applies), with the same guards as `delete_pod`.",
-        params: &[
-            POD,
-            NAMESPACE,
-            GRACE,
-            MIN_HEALTHY,
-            ALLOW_STANDALONE,
-            ALLOW_DAEMONSET,
-            ALLOW_STATEFULSET,
-        ],
+        params: REMOVE_POD,
         destructive: true,
         reversible: false,
         message_param: None,

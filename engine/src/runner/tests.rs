@@ -59,7 +59,8 @@ static DESTRUCTIVE: ActionSpec = ActionSpec {
     message_param: None,
 };
 
-fn playbook(yaml: &str) -> Playbook {
+/// Loads playbook `p` whose `spec:` is `yaml`, as `riposte check` would.
+fn load(yaml: &str) -> Result<Playbook, Vec<crate::playbook::Problem>> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.yaml");
     std::fs::write(
@@ -67,13 +68,15 @@ fn playbook(yaml: &str) -> Playbook {
         format!("apiVersion: riposte/v1\nkind: Playbook\nmetadata: {{ name: p }}\nspec:\n{yaml}"),
     )
     .unwrap();
-    let config = Config::default_with_bindings();
     load_file(
         &file,
-        &Catalog::from_config(&config),
+        &Catalog::from_config(&Config::default_with_bindings()),
         &Sandbox::new(Arc::new(crate::clock::SystemClock)),
     )
-    .unwrap()
+}
+
+fn playbook(yaml: &str) -> Playbook {
+    load(yaml).unwrap()
 }
 
 fn runner(connector: Arc<Scripted>, config: &Config) -> Runner {
@@ -388,19 +391,7 @@ async fn a_connector_refusal_is_a_skipped_step_with_the_guard_reason() {
 
 #[test]
 fn revert_after_is_refused_on_an_action_without_an_inverse() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: p }\nspec:\n  match: {}\n  steps:\n    - id: a\n      action: log.info\n      with: { message: hi }\n      revert_after: 1h\n",
-    )
-    .unwrap();
-    let problems = load_file(
-        &file,
-        &Catalog::from_config(&Config::default_with_bindings()),
-        &Sandbox::new(Arc::new(crate::clock::SystemClock)),
-    )
-    .unwrap_err();
+    let problems = load("  match: {}\n  steps:\n    - id: a\n      action: log.info\n      with: { message: hi }\n      revert_after: 1h\n").unwrap_err();
     assert!(
         problems.iter().any(|p| p.line == 10
             && p.message == "`revert_after` needs a reversible action; `log.info` has no inverse"),
@@ -585,19 +576,7 @@ async fn plan_mode_plans_a_step_with_approval_and_says_it_needs_one() {
 
 #[test]
 fn check_names_every_problem_of_an_approval_block() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: riposte/v1\nkind: Playbook\nmetadata: { name: p }\nspec:\n  match: {}\n  steps:\n    - id: a\n      action: log.info\n      with: { message: hi }\n      approval:\n        timeout: 0s\n        approvers: [alice, alice, \"bob smith\"]\n        notify:\n          - action: log.nope\n",
-    )
-    .unwrap();
-    let problems = load_file(
-        &file,
-        &Catalog::from_config(&Config::default_with_bindings()),
-        &Sandbox::new(Arc::new(crate::clock::SystemClock)),
-    )
-    .unwrap_err();
+    let problems = load("  match: {}\n  steps:\n    - id: a\n      action: log.info\n      with: { message: hi }\n      approval:\n        timeout: 0s\n        approvers: [alice, alice, \"bob smith\"]\n        notify:\n          - action: log.nope\n").unwrap_err();
     let found: Vec<(usize, &str)> = problems
         .iter()
         .map(|p| (p.line, p.message.as_str()))
