@@ -33,6 +33,7 @@
 pub mod approval;
 pub mod audit;
 pub mod bench;
+pub mod body;
 pub mod bus;
 pub mod cli;
 pub mod clock;

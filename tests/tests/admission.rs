@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use reqwest::Method;
 use riposte::audit::RecordKind;
 use riposte_connectors::revocation::{Decision, ImageRef, Revocation, RevocationList, State};
@@ -292,6 +293,22 @@ async fn the_api_server_refuses_pods_and_workloads_from_revoked_images() {
         let text = resp.text().await.unwrap();
         assert!(text.contains(says), "{text}");
     }
+    // An oversized review still being sent when the webhook has seen enough is refused with
+    // 400, not by closing the connection under the sender.
+    let chunks = [vec![b' '; 3 * 1024 * 1024 + 1], vec![b' '; 512 * 1024]];
+    let slow = futures::stream::iter(chunks).then(|chunk| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let resp = http
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .expect("the webhook answers an oversized review rather than dropping the connection");
+    assert_eq!(resp.status().as_u16(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("larger than"), "{text}");
 
     // Every denial is in the audit trail, with the image, the object and who asked.
     let records = wait_for(

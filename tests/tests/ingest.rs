@@ -101,6 +101,27 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Posts `len` bytes to the falco route over a raw connection, pausing after the first 4097,
+/// then reads the whole answer.
+async fn slow_oversized_post(gateway: &str, len: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let head = format!(
+        "POST /v1/events/falco HTTP/1.1\r\nHost: {gateway}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&vec![b' '; 4097]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.write_all(&vec![b' '; len - 4097])
+        .await
+        .expect("the gateway still reads the body it refuses");
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .await
+        .expect("the gateway answers before it closes the connection");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -272,6 +293,11 @@ async fn oversize_unknown_and_malformed_payloads_are_refused_and_never_published
     assert_eq!(code, 413, "{answer}");
     assert_eq!(answer["error"], "the body is over the limit of 4096 bytes");
 
+    // A sender still writing an oversized body gets the 413, not a connection closed under it.
+    let answer = slow_oversized_post(&setup.gateway, 6000).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("over the limit of 4096 bytes"), "{answer}");
+
     let (code, _, answer) = post(
         http.post(setup.url("splunk"))
             .bearer_auth(TOKEN)
@@ -325,7 +351,7 @@ async fn oversize_unknown_and_malformed_payloads_are_refused_and_never_published
 
     assert_eq!(stored_messages(&nats).await, 0, "nothing was published");
     for line in [
-        "riposte_ingest_requests_total{format=\"falco\",code=\"413\"} 1",
+        "riposte_ingest_requests_total{format=\"falco\",code=\"413\"} 2",
         "riposte_ingest_requests_total{format=\"unknown\",code=\"404\"} 1",
         "riposte_ingest_requests_total{format=\"falco\",code=\"400\"} 2",
         "riposte_ingest_invalid_payloads_total{format=\"falco\",reason=\"malformed\"} 1",
@@ -337,7 +363,7 @@ async fn oversize_unknown_and_malformed_payloads_are_refused_and_never_published
         http_get(&engine.metrics, "/metrics")
             .unwrap()
             .1
-            .contains("riposte_ingest_request_duration_seconds_count 4"),
+            .contains("riposte_ingest_request_duration_seconds_count 5"),
         "the latency histogram counts every request:\n{}",
         http_get(&engine.metrics, "/metrics").unwrap().1
     );

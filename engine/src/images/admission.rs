@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::body::BodyError;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use riposte_connectors::revocation::{ImageRef, Revocation, RevocationIndex};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -616,17 +616,12 @@ pub async fn serve(
 }
 
 async fn read_body(body: Body) -> Result<bytes::Bytes, ReviewError> {
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ReviewError::TooLarge(MAX_BODY))
-        }
-        Ok(Err(e)) => Err(ReviewError::Read(e.to_string())),
-        Err(_) => Err(ReviewError::Read(format!(
-            "the body did not arrive within {}",
-            humantime::format_duration(BODY_TIMEOUT)
-        ))),
-    }
+    crate::body::read(body, MAX_BODY, BODY_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(n) => ReviewError::TooLarge(n),
+            other => ReviewError::Read(other.to_string()),
+        })
 }
 
 async fn review(State(w): State<Arc<Webhook>>, body: Body) -> Response {

@@ -24,7 +24,6 @@ use axum::routing::post;
 use axum::Router;
 use bollard::errors::Error as DockerError;
 use bollard::{Docker, API_DEFAULT_VERSION};
-use http_body_util::{BodyExt, Limited};
 use riposte_connectors::revocation::{ImageRef, Revocation, RevocationIndex};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -380,10 +379,9 @@ async fn unknown(uri: Uri) -> Response {
 }
 
 async fn authz_req(State(p): State<Arc<Plugin>>, body: Body) -> Response {
-    let bytes = match tokio::time::timeout(TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) => return malformed(&p, "unreadable", &format!("cannot read it: {e}")),
-        Err(_) => return malformed(&p, "unreadable", "its body did not arrive in time"),
+    let bytes = match crate::body::read(body, MAX_BODY, TIMEOUT).await {
+        Ok(b) => b,
+        Err(e) => return malformed(&p, "unreadable", &e.to_string()),
     };
     let req: AuthzRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,

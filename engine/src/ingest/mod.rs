@@ -22,6 +22,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::body::BodyError;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
@@ -29,7 +30,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::task::JoinHandle;
@@ -509,17 +509,17 @@ impl Gateway {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > u64::try_from(self.max_body).unwrap_or(u64::MAX)) {
+        // Far over the limit: refused before reading. Up to the drain limit, the body is read
+        // and discarded so the client sees the answer rather than a closed connection.
+        let drained = self.max_body.saturating_mul(crate::body::DRAIN_FACTOR);
+        if declared.is_some_and(|n| n > u64::try_from(drained).unwrap_or(u64::MAX)) {
             return Err(Answer::TooLarge(self.max_body));
         }
-        let read = Limited::new(body, self.max_body).collect();
-        let payload = match tokio::time::timeout(BODY_TIMEOUT, read).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(Answer::TooLarge(self.max_body))
-            }
-            Ok(Err(e)) => return Err(Answer::BadRequest(format!("cannot read the body: {e}"))),
-            Err(_) => return Err(Answer::SlowBody),
+        let payload = match crate::body::read(body, self.max_body, BODY_TIMEOUT).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge(n)) => return Err(Answer::TooLarge(n)),
+            Err(e @ BodyError::Read(_)) => return Err(Answer::BadRequest(e.to_string())),
+            Err(BodyError::Slow(_)) => return Err(Answer::SlowBody),
         };
 
         if let (Some(ts), Some(sig)) = (signed_at, signature) {
