@@ -561,7 +561,8 @@ async fn wait_floor(
 }
 
 /// Events per second of engines draining `before+1..=last`, timed on the acknowledgement floor
-/// from the twentieth part of the events to the last, so their start-up is not counted.
+/// from the last reading before it passed the twentieth part of the events to the last, so
+/// their start-up is not counted (and a floor that jumps past the mark still has a start).
 async fn drain_rate(
     js: &jetstream::Context,
     config: &Config,
@@ -572,14 +573,16 @@ async fn drain_rate(
     let mark = before + (last - before) / 20;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut start: Option<(Instant, u64)> = None;
+    let mut previous = (Instant::now(), before);
     loop {
         let floor = ack_floor(js, config).await;
         let now = Instant::now();
         if start.is_none() && floor > mark {
-            start = Some((now, floor));
+            start = Some(previous);
         }
+        previous = (now, floor);
         if floor >= last {
-            let (t0, f0) = start.unwrap_or((now, floor));
+            let (t0, f0) = start.unwrap_or(previous);
             let secs = now.duration_since(t0).as_secs_f64();
             if secs <= 0.0 || last <= f0 {
                 bail!("too few events to time the engine: raise --events");
