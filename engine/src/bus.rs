@@ -69,9 +69,6 @@ pub const INGEST_SOURCE_HEADER: &str = "Riposte-Ingest-Source";
 /// The event label that carries [`INGEST_SOURCE_HEADER`].
 pub const INGEST_SOURCE_LABEL: &str = "ingest.source";
 
-/// How long the server waits for an acknowledgement before redelivering. Runs that take longer
-/// send progress signals.
-pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long audit records are kept for deduplication of a redelivered event's records.
 pub const AUDIT_DEDUP_WINDOW: Duration = Duration::from_secs(30 * 60);
 
@@ -264,11 +261,22 @@ pub async fn ensure_consumer(
         .map_err(|e| setup(e.to_string()))?;
     let max_pending =
         i64::try_from(config.engine.concurrency.saturating_mul(4)).unwrap_or(i64::MAX);
+    let ack_wait = config.engine.ack_wait.get();
+    if let Ok(info) = stream.consumer_info(&names.consumer).await {
+        if info.config.ack_wait != ack_wait {
+            tracing::info!(
+                consumer = %names.consumer,
+                from = %humantime::format_duration(info.config.ack_wait),
+                to = %humantime::format_duration(ack_wait),
+                "changing the consumer's acknowledgement wait (engine.ack_wait)"
+            );
+        }
+    }
     let cfg = consumer::pull::Config {
         durable_name: Some(names.consumer.clone()),
         description: Some("riposte engine replicas".to_owned()),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
+        ack_wait,
         max_deliver: -1,
         max_ack_pending: max_pending.max(1024),
         deliver_policy: consumer::DeliverPolicy::All,
@@ -660,7 +668,8 @@ async fn handle(p: &Processor, msg: jetstream::Message, force: &CancellationToke
         .map(|v| v.as_str());
     let work = p.process(&subject, &msg.payload, &pos, source);
     tokio::pin!(work);
-    let mut ticker = tokio::time::interval(ACK_WAIT / 3);
+    let mut ticker =
+        tokio::time::interval((p.config.engine.ack_wait.get() / 3).max(Duration::from_secs(1)));
     ticker.tick().await;
     let result = loop {
         tokio::select! {

@@ -391,6 +391,12 @@ pub struct EngineSettings {
     /// How long shutdown waits for runs in flight before abandoning them (they are redelivered).
     #[serde(default = "default_grace")]
     pub shutdown_grace: HumanDuration,
+    /// The shared consumer's acknowledgement wait: how long the events a replica held stay
+    /// with it after it died before they are delivered to another (runs in flight renew it
+    /// with progress signals every third of it). One value for all replicas; a change is
+    /// applied to the consumer when a replica starts.
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait: HumanDuration,
     /// Name of this replica in audit records (default: the host name and process id).
     #[serde(default)]
     pub replica: Option<String>,
@@ -409,6 +415,7 @@ impl Default for EngineSettings {
             concurrency: default_concurrency(),
             step_timeout: default_step_timeout(),
             shutdown_grace: default_grace(),
+            ack_wait: default_ack_wait(),
             replica: None,
             names: Names::default(),
         }
@@ -433,6 +440,13 @@ fn default_step_timeout() -> HumanDuration {
 
 fn default_grace() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(20))
+}
+
+/// Smallest `engine.ack_wait`: progress signals go every third of it.
+pub const MIN_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn default_ack_wait() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
 }
 
 /// Stream, consumer, subject and bucket names.
@@ -805,6 +819,13 @@ impl Config {
                 self.nats.replicas
             ));
         }
+        if self.engine.ack_wait.get() < MIN_ACK_WAIT {
+            problems.push(format!(
+                "engine.ack_wait must be at least {}, not {}",
+                humantime::format_duration(MIN_ACK_WAIT),
+                humantime::format_duration(self.engine.ack_wait.get())
+            ));
+        }
         if self.engine.concurrency == 0 {
             problems.push("engine.concurrency must be at least 1".to_owned());
         }
@@ -940,6 +961,20 @@ mod tests {
         assert!(
             msg.contains("unknown field `engine.concurency` (line 4, column 3)"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_ack_wait_defaults_to_a_minute_and_may_not_be_shorter_than_progress_needs() {
+        let c = Config::parse("", Path::new("r.yaml")).unwrap();
+        assert_eq!(c.engine.ack_wait.get(), std::time::Duration::from_secs(60));
+        let c = Config::parse("engine:\n  ack_wait: 10s\n", Path::new("r.yaml")).unwrap();
+        assert_eq!(c.engine.ack_wait.get(), std::time::Duration::from_secs(10));
+        let err = Config::parse("engine:\n  ack_wait: 1s\n", Path::new("r.yaml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("engine.ack_wait must be at least 3s, not 1s"),
+            "{err}"
         );
     }
 

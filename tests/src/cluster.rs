@@ -29,8 +29,27 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts three nodes and waits until JetStream has a meta leader.
+    /// Starts three nodes and waits until JetStream has a meta leader. Ports are picked free
+    /// but may be taken by another test before a node binds them: then the cluster is started
+    /// again on other ports (three tries).
     pub fn start() -> NatsCluster {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match NatsCluster::try_start() {
+                Ok(cluster) => {
+                    cluster.wait_leader(Duration::from_secs(30));
+                    return cluster;
+                }
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!(
+            "the nats-server cluster did not start (is nats-server installed? `bash scripts/setup`):\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start() -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<Node> = (1..=3)
             .map(|i| Node {
@@ -53,15 +72,21 @@ impl NatsCluster {
         }
         for i in 0..3 {
             let port = cluster.nodes[i].port;
-            assert!(
-                wait_port(port, Duration::from_secs(10)),
-                "nats-server node {} did not listen on {port}; its log:\n{}",
-                i + 1,
-                cluster.log(i)
-            );
+            let listening = wait_port(port, Duration::from_secs(30));
+            let exited = cluster.nodes[i]
+                .child
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if !listening || exited {
+                // Dropping the cluster stops the nodes that did start.
+                return Err(format!(
+                    "nats-server node {} did not listen on {port}; its log:\n{}",
+                    i + 1,
+                    cluster.log(i)
+                ));
+            }
         }
-        cluster.wait_leader(Duration::from_secs(30));
-        cluster
+        Ok(cluster)
     }
 
     fn spawn(&mut self, i: usize) {

@@ -113,36 +113,49 @@ impl NatsServer {
     }
 
     /// Starts a server with extra arguments (TLS, auth); `scheme` is the URL's (`nats`, `tls`).
+    /// The port is picked free but may be taken by another test before the server binds it:
+    /// then it starts again on another (three tries).
     pub fn start_with(extra: &[&str], scheme: &str) -> NatsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(nats_server_bin())
-            .args([
-                "--jetstream",
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .args(extra)
-            .arg("--store_dir")
-            .arg(dir.path())
-            .arg("--log")
-            .arg(dir.path().join("nats.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}; run `bash scripts/setup`"));
-        assert!(
-            wait_port(port, Duration::from_secs(10)),
-            "nats-server did not listen on {port}"
-        );
-        NatsServer {
-            child,
-            url: format!("{scheme}://127.0.0.1:{port}"),
-            _dir: dir,
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let mut child = Command::new(nats_server_bin())
+                .args([
+                    "--jetstream",
+                    "--addr",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                ])
+                .args(extra)
+                .arg("--store_dir")
+                .arg(dir.path())
+                .arg("--log")
+                .arg(dir.path().join("nats.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start nats-server: {e}; run `bash scripts/setup`")
+                });
+            // Listening, and by this server rather than another on the same port.
+            if wait_port(port, Duration::from_secs(20)) && matches!(child.try_wait(), Ok(None)) {
+                return NatsServer {
+                    child,
+                    url: format!("{scheme}://127.0.0.1:{port}"),
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last = format!(
+                "nats-server did not listen on {port}; its log:\n{}",
+                std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
+            );
         }
+        panic!("{last}");
     }
 
     /// A client connection.

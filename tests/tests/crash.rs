@@ -49,12 +49,13 @@ spec:
     )
 }
 
-/// The config of replica `name`: three copies of every stream and bucket.
+/// The config of replica `name`: three copies of every stream and bucket, and what a killed
+/// replica held redelivered after 10 s.
 fn replica_config(work: &Path, name: &str, extra: &str) -> PathBuf {
     let path = work.join(format!("{name}.yaml"));
     write(
         &path,
-        &format!("nats:\n  replicas: 3\nengine:\n  replica: {name}\n{extra}"),
+        &format!("nats:\n  replicas: 3\nengine:\n  replica: {name}\n  ack_wait: 10s\n{extra}"),
     );
     path
 }

@@ -373,7 +373,28 @@ async fn an_engine_killed_mid_stream_records_every_run_exactly_once() {
         .collect();
     publish(&client, "falco.critical.kill", &alerts).await;
 
-    let mut engine = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
+    // A short acknowledgement wait: what the killed engine held is redelivered after 5 s.
+    let config = work.path().join("riposte.yaml");
+    write(&config, "engine:\n  ack_wait: 5s\n");
+    let mut engine = Engine::start(
+        &nats.url,
+        &work.path().join("pb"),
+        Some(&config),
+        work.path(),
+    );
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        async_nats::jetstream::new(client.clone())
+            .get_stream("RIPOSTE_EVENTS")
+            .await
+            .unwrap()
+            .get_consumer("riposte")
+            .await
+            .unwrap();
+    assert_eq!(
+        consumer.cached_info().config.ack_wait,
+        Duration::from_secs(5),
+        "the running consumer takes engine.ack_wait"
+    );
     wait_for(
         &nats.url,
         Duration::from_secs(60),
@@ -390,7 +411,12 @@ async fn an_engine_killed_mid_stream_records_every_run_exactly_once() {
         "the engine finished before it was killed; raise EVENTS"
     );
 
-    let _again = Engine::start(&nats.url, &work.path().join("pb"), None, work.path());
+    let _again = Engine::start(
+        &nats.url,
+        &work.path().join("pb"),
+        Some(&config),
+        work.path(),
+    );
     let records = wait_for(&nats.url, Duration::from_secs(120), "every run", |r| {
         r.iter().filter(|x| x.record == RecordKind::Run).count() >= EVENTS
     });
