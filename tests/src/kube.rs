@@ -39,14 +39,28 @@ pub struct KubeApi {
 impl KubeApi {
     /// Starts etcd and kube-apiserver and waits until `/readyz` answers.
     pub fn start() -> KubeApi {
-        let dir = tempfile::tempdir().unwrap();
         let script = repo_root().join("scripts").join("kube-apiserver");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let run = |what: &str, dir: &std::path::Path| {
+            Command::new("bash")
+                .arg(&script)
+                .arg(what)
+                .arg(dir)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))
+        };
+        // A port the script found free may be taken by another test before etcd or the API
+        // server binds it: then start again on others (three tries).
+        let mut tries = 0;
+        let (dir, out) = loop {
+            tries += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let out = run("start", dir.path());
+            let taken = String::from_utf8_lossy(&out.stderr).contains("address already in use");
+            if out.status.success() || !taken || tries == 3 {
+                break (dir, out);
+            }
+            run("stop", dir.path());
+        };
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             if out.status.code() == Some(3) {
