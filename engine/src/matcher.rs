@@ -82,15 +82,16 @@ pub struct Matches {
 
 #[derive(Debug, Default)]
 struct SourceIndex {
-    /// For each field some playbook requires, the playbooks by the value they require.
+    /// For each field some playbook requires, the playbooks by the value (or each of the
+    /// values) they require.
     by_field: Vec<(Field, HashMap<String, Vec<usize>>)>,
     /// Playbooks that require no field to equal a text.
     others: Vec<usize>,
 }
 
 impl SourceIndex {
-    fn add(&mut self, key: Option<(&Field, &str)>, i: usize) {
-        let Some((field, value)) = key else {
+    fn add(&mut self, key: Option<&(&Field, Vec<&str>)>, i: usize) {
+        let Some(&(field, ref values)) = key else {
             self.others.push(i);
             return;
         };
@@ -101,23 +102,35 @@ impl SourceIndex {
                 self.by_field.len() - 1
             }
         };
-        if let Some((_, values)) = self.by_field.get_mut(pos) {
-            values.entry(value.to_owned()).or_default().push(i);
+        if let Some((_, by_value)) = self.by_field.get_mut(pos) {
+            // The values are distinct, so a playbook is found at most once per event.
+            for value in values {
+                by_value.entry((*value).to_owned()).or_default().push(i);
+            }
         }
     }
 }
 
-/// The clause a playbook is indexed by: its required title if it has one, else its first other
-/// `event.<field> == "text"` clause.
-fn index_key(pb: &Playbook) -> Option<(&Field, &str)> {
+/// The clause a playbook is indexed by, with the values that may match it: its title
+/// equality, else its title membership, else its first other equality, else its first other
+/// membership clause.
+fn index_key(pb: &Playbook) -> Option<(&Field, Vec<&str>)> {
     let predicates = &pb.condition.as_ref()?.native.predicates;
-    let equals = |title: bool| {
+    let find = |title: bool, member: bool| {
         predicates.iter().find_map(|p| match p {
-            Predicate::Equals(f, v) if (*f == Field::Title) == title => Some((f, v.as_str())),
+            Predicate::Equals(f, v) if !member && (*f == Field::Title) == title => {
+                Some((f, vec![v.as_str()]))
+            }
+            Predicate::In(f, vs) if member && (*f == Field::Title) == title => {
+                Some((f, vs.iter().map(String::as_str).collect()))
+            }
             _ => None,
         })
     };
-    equals(true).or_else(|| equals(false))
+    find(true, false)
+        .or_else(|| find(true, true))
+        .or_else(|| find(false, false))
+        .or_else(|| find(false, true))
 }
 
 /// The loaded playbooks, indexed for matching.
@@ -140,7 +153,7 @@ impl Matcher {
                 if !pb.sources.is_empty() && !pb.sources.contains(&source) {
                     continue;
                 }
-                by_source.entry(source).or_default().add(key, i);
+                by_source.entry(source).or_default().add(key.as_ref(), i);
             }
         }
         Matcher {
@@ -249,6 +262,10 @@ fn describe_predicate(p: &crate::playbook::condition::Predicate, e: &Event) -> S
             None => format!("{f} is absent, not {v:?}"),
         },
         Predicate::NotEquals(f, v) => format!("{f} is {v:?}"),
+        Predicate::In(f, vs) => match f.read(e) {
+            Some(actual) => format!("{f} is {actual:?}, not one of {vs:?}"),
+            None => format!("{f} is absent, not one of {vs:?}"),
+        },
         Predicate::AtLeast(min) => format!("severity {} is below {min}", e.severity),
     }
 }
@@ -329,13 +346,67 @@ mod tests {
     }
 
     #[test]
+    fn native_membership_decides_as_rhai_does() {
+        let sandbox = Sandbox::new(Arc::new(SystemClock));
+        let e = event();
+        let view = EventView::new(&e, false);
+        for when in [
+            "event.title in [\"Terminal shell in container\", \"Other\"]",
+            "event.title in [\"Other\"]",
+            "event.resource.pod.namespace in [\"bank\", \"shop\"]",
+            "event.resource.node.name in [\"node-1\"]",
+            "event.labels.team in [\"payments\"]",
+            "event.severity in [\"warning\", \"high\"]",
+            "event.source in [\"falco\"]",
+        ] {
+            let native = crate::playbook::condition::NativeClauses::extract(when);
+            assert!(native.complete, "{when}");
+            let ast = sandbox
+                .compile(when, crate::script::Context::Match)
+                .unwrap();
+            let rhai = sandbox.eval_bool(&ast, &mut view.scope()).unwrap();
+            assert_eq!(native.hold(&e), rhai, "{when}");
+        }
+    }
+
+    #[test]
+    fn membership_clauses_index_a_playbook_under_each_value() {
+        let m = Matcher::new(playbooks(&[
+            (
+                "a-titles",
+                "event.title in [\"Terminal shell in container\", \"Other\"]",
+            ),
+            ("b-other-titles", "event.title in [\"Other\", \"More\"]"),
+            (
+                "c-namespaces",
+                "event.resource.pod.namespace in [\"bank\", \"shop\"]",
+            ),
+            (
+                "d-other-namespaces",
+                "event.resource.pod.namespace in [\"bank\"] && at_least(event.severity, \"low\")",
+            ),
+        ]));
+        assert_eq!(names(m.candidates(&event())), ["a-titles", "c-namespaces"]);
+    }
+
+    #[test]
     fn the_index_gives_what_evaluating_every_playbook_gives() {
         let whens: Vec<(String, String)> = (0..200)
             .map(|k| {
-                let when = match k % 4 {
+                let when = match k % 6 {
                     0 => format!("event.title == \"Rule {}\"", k % 7),
                     1 => format!("event.resource.pod.namespace == \"ns-{}\"", k % 5),
                     2 => format!("event.resource.container.name == \"web-{}\" && glob(\"Rule*\", event.title)", k % 3),
+                    3 => format!(
+                        "event.title in [\"Rule {}\", \"Rule {}\"] && event.resource.pod.namespace in [\"ns-{}\"]",
+                        k % 7,
+                        (k + 3) % 8,
+                        k % 6
+                    ),
+                    4 => format!(
+                        "event.resource.container.name in [\"web-{}\", \"web-9\"] && event.title != \"Rule 2\"",
+                        k % 4
+                    ),
                     _ => "at_least(event.severity, \"high\")".to_owned(),
                 };
                 (format!("p{k:03}"), when)
@@ -347,6 +418,7 @@ mod tests {
             .collect();
         let m = Matcher::new(playbooks(&refs));
         let sandbox = Sandbox::new(Arc::new(SystemClock));
+        let mut matched_some = 0;
         for rule in 0..8 {
             for ns in 0..6 {
                 let mut e = event();
@@ -372,8 +444,12 @@ mod tests {
                     .map(|p| p.name.clone())
                     .collect();
                 assert_eq!(indexed, every, "rule {rule}, namespace {ns}");
-                assert!(!every.is_empty());
+                matched_some += usize::from(!every.is_empty());
             }
         }
+        assert!(
+            matched_some > 40,
+            "only {matched_some} of 48 events matched anything"
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! A compiled match condition: native predicates for its simple clauses, Rhai for the rest.
 //!
 //! A `when` is split on its top-level `&&`. Clauses of the forms `event.<field> == "text"`,
-//! `event.<field> != "text"` and `at_least(event.severity, "level")` become native
-//! [`Predicate`]s, checked in nanoseconds before any Rhai runs; a condition made only of such
-//! clauses never runs Rhai at all. Equality on the title feeds the matcher's index. The
-//! semantics are Rhai's: a missing field equals no string.
+//! `event.<field> != "text"`, `event.<field> in ["a", "b", ...]` and
+//! `at_least(event.severity, "level")` become native [`Predicate`]s, checked in nanoseconds
+//! before any Rhai runs; a condition made only of such clauses never runs Rhai at all.
+//! Equality and membership clauses feed the matcher's index. The semantics are Rhai's: a
+//! missing field equals no string and is in no list.
 
 use crate::event::{Event, Severity};
 
@@ -120,6 +121,8 @@ pub enum Predicate {
     Equals(Field, String),
     /// `event.<field> != "text"`
     NotEquals(Field, String),
+    /// `event.<field> in ["a", "b", ...]` (the values without repeats, in order)
+    In(Field, Vec<String>),
     /// `at_least(event.severity, "level")`
     AtLeast(Severity),
 }
@@ -130,6 +133,7 @@ impl Predicate {
         match self {
             Predicate::Equals(f, v) => f.read(e) == Some(v.as_str()),
             Predicate::NotEquals(f, v) => f.read(e) != Some(v.as_str()),
+            Predicate::In(f, vs) => f.read(e).is_some_and(|x| vs.iter().any(|v| v == x)),
             Predicate::AtLeast(min) => e.severity >= *min,
         }
     }
@@ -146,6 +150,13 @@ impl Predicate {
                 return None;
             }
             return Severity::parse(&string_literal(b.trim())?).map(Predicate::AtLeast);
+        }
+        let member = |(l, r): (&str, &str)| {
+            let field = Field::parse(l.trim().strip_prefix("event.")?)?;
+            Some(Predicate::In(field, string_list(r.trim())?))
+        };
+        if let Some(p) = c.split_once(" in ").and_then(member) {
+            return Some(p);
         }
         for (op, negate) in [("==", false), ("!=", true)] {
             let Some((l, r)) = c.split_once(op) else {
@@ -175,6 +186,32 @@ fn string_literal(s: &str) -> Option<String> {
         return None;
     }
     Some(inner.to_owned())
+}
+
+/// A `["a", "b", ...]` array of plain string literals, as its distinct texts in order; `None`
+/// for anything else (an empty array, other values, a trailing comma Rhai would also accept
+/// is fine).
+fn string_list(s: &str) -> Option<Vec<String>> {
+    let mut rest = s.strip_prefix('[')?.strip_suffix(']')?.trim();
+    let mut values: Vec<String> = Vec::new();
+    while !rest.is_empty() {
+        let body = rest.strip_prefix('"')?;
+        let end = body.find('"')?;
+        let (text, after) = body.split_at(end);
+        if text.contains('\\') {
+            return None;
+        }
+        if !values.iter().any(|v| v == text) {
+            values.push(text.to_owned());
+        }
+        rest = after.get(1..)?.trim_start();
+        match rest.strip_prefix(',') {
+            Some(r) => rest = r.trim_start(),
+            None if rest.is_empty() => break,
+            None => return None,
+        }
+    }
+    (!values.is_empty()).then_some(values)
 }
 
 /// Removes parentheses that wrap the whole clause.
@@ -299,6 +336,35 @@ mod tests {
         assert!(n.complete);
         assert_eq!(n.required_title(), Some("Terminal shell in container"));
         assert_eq!(n.predicates.len(), 3);
+    }
+
+    #[test]
+    fn membership_in_a_list_of_texts_is_native() {
+        let n = NativeClauses::extract(
+            "event.resource.pod.namespace in [\"shop\", \"bank\", \"shop\",] && event.title == \"login in progress\"",
+        );
+        assert!(n.complete);
+        assert_eq!(
+            n.predicates,
+            [
+                Predicate::In(
+                    Field::Resource("pod".into(), "namespace".into()),
+                    vec!["shop".into(), "bank".into()]
+                ),
+                Predicate::Equals(Field::Title, "login in progress".into()),
+            ]
+        );
+        for rhai_only in [
+            "event.title in []",
+            "event.title in [\"a\", 1]",
+            "event.title in [\"a\" \"b\"]",
+            "event.title in \"a long title\"",
+            "event.data.x in [\"a\"]",
+            "\"shell\" in event.title",
+            "event.title in [\"a\\\"b\"]",
+        ] {
+            assert!(!NativeClauses::extract(rhai_only).complete, "{rhai_only}");
+        }
     }
 
     #[test]
