@@ -27,6 +27,7 @@ mod evidence;
 pub mod guard;
 pub mod http;
 pub mod kubernetes;
+pub mod kvscan;
 pub mod log;
 pub mod msteams;
 pub mod nats;

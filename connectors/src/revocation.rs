@@ -488,33 +488,18 @@ impl RevocationList {
 
     /// Every entry with its revision, in key order: one pass over the bucket's latest values.
     pub async fn all(&self) -> Result<Vec<(Revocation, u64)>, ListError> {
-        if self.stored().await? == 0 {
-            return Ok(Vec::new());
-        }
-        let mut watch = self
-            .kv
-            .watch_with_history(">")
+        let latest = crate::kvscan::latest(&self.kv)
             .await
-            .map_err(|e| store_err("list", e))?;
-        let mut out = std::collections::BTreeMap::new();
-        loop {
-            let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
-                .await
-                .map_err(|_| ListError::Store("list: no answer within 10 s".to_owned()))?;
-            let Some(entry) = next else { break };
-            let entry = entry.map_err(|e| store_err("list", e))?;
-            if entry.operation == kv::Operation::Put && !entry.key.starts_with("a.") {
-                if let Ok(r) = serde_json::from_slice::<Revocation>(&entry.value) {
-                    out.insert(entry.key.clone(), (r, entry.revision));
-                }
-            } else {
-                out.remove(&entry.key);
-            }
-            if entry.delta == 0 {
-                break;
-            }
-        }
-        Ok(out.into_values().collect())
+            .map_err(|e| ListError::Store(format!("list: {e}")))?;
+        Ok(latest
+            .into_iter()
+            .filter(|(key, _)| !key.starts_with("a."))
+            .filter_map(|(_, (value, revision))| {
+                serde_json::from_slice::<Revocation>(&value)
+                    .ok()
+                    .map(|r| (r, revision))
+            })
+            .collect())
     }
 
     /// Every revision of one entry, oldest first (the proof of what happened to an image).

@@ -202,19 +202,17 @@ pub async fn json_entry<T: serde::de::DeserializeOwned>(
 pub async fn json_entries<T: serde::de::DeserializeOwned>(
     kv: &kv::Store,
 ) -> Result<Vec<(T, u64)>, StateError> {
-    use futures::StreamExt;
-    let mut keys: Vec<String> = match kv.keys().await {
-        Ok(stream) => stream.filter_map(|k| async move { k.ok() }).collect().await,
-        Err(e) => return Err(kv_err("list", e)),
-    };
-    keys.sort();
-    let mut out = Vec::new();
-    for k in keys {
-        if let Some(entry) = json_entry(kv, &k).await? {
-            out.push(entry);
-        }
-    }
-    Ok(out)
+    let latest = riposte_connectors::kvscan::latest(kv)
+        .await
+        .map_err(StateError)?;
+    Ok(latest
+        .into_values()
+        .filter_map(|(value, revision)| {
+            serde_json::from_slice::<T>(&value)
+                .ok()
+                .map(|v| (v, revision))
+        })
+        .collect())
 }
 
 /// Calls `tick` every `period` until `shutdown`, logging its failures as `what`: the loop of
